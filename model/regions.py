@@ -1,0 +1,99 @@
+"""Region extractors: raw image → region features [R, D] (and the CLIP embedding CGE is guided by).
+
+``precomputed``: SCAN/BUTD bottom-up-attention features, the paper's setting. They come from a Faster
+  R-CNN detector that is not part of this project, so raw images cannot be encoded; we say so.
+``clip-grid``: the patch tokens of a frozen open_clip vision tower (after its final LayerNorm, before the
+  projection, CLS excluded). The pooled, projected CLIP embedding is returned too: it is CGE's guide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image
+
+from .config import USERConfig
+
+
+@dataclass
+class Regions:
+    features: torch.Tensor  # [B, R, D]
+    lengths: torch.Tensor  # [B]
+    clip_embeds: Optional[torch.Tensor] = None  # [B, clip_dim], L2-normalised
+
+
+def resolve_clip_name(name: str, base_dir: Optional[Path]) -> str:
+    """``local-dir:rel`` is relative to the checkpoint folder that names it."""
+    prefix = "local-dir:"
+    if name.startswith(prefix) and base_dir is not None:
+        path = Path(name[len(prefix):]).expanduser()
+        if not path.is_absolute():
+            return prefix + str((base_dir / path).resolve())
+    return name
+
+
+class ClipGridExtractor:
+    """Patch tokens of a frozen open_clip vision tower as regions. Not an nn.Module on purpose: the CLIP
+    is referenced by the USER checkpoint, never saved inside it."""
+
+    def __init__(self, clip_model: str, pretrained: Optional[str] = None, base_dir: Optional[Path] = None):
+        import open_clip  # heavy import, only when a CLIP is actually needed
+
+        self.name = resolve_clip_name(clip_model, base_dir)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(self.name, pretrained=pretrained)
+        except Exception as err:
+            raise RuntimeError(
+                f"could not load the CLIP region extractor {self.name!r} (pretrained={pretrained!r}): {err}. "
+                "Name it as 'hf-hub:org/repo', 'local-dir:/path' (open_clip_config.json + "
+                "open_clip_model.safetensors) or a built-in open_clip name with a cached pretrained tag."
+            ) from err
+        model.eval().requires_grad_(False)
+        model.visual.output_tokens = True
+        self.visual = model.visual
+        self.preprocess = preprocess
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.visual.parameters()).device
+
+    def to(self, device: torch.device | str) -> "ClipGridExtractor":
+        self.visual.to(device)
+        return self
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> preprocessed pixels [B, 3, H, W]."""
+        return torch.stack([self.preprocess(image.convert("RGB")) for image in images])
+
+    @torch.no_grad()
+    def from_pixels(self, pixels: torch.Tensor) -> Regions:
+        pooled, tokens = self.visual(pixels.to(self.device))  # [B, clip_dim], [B, R, D]
+        lengths = torch.full((tokens.size(0),), tokens.size(1), dtype=torch.long, device=tokens.device)
+        clip_embeds = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return Regions(tokens.float(), lengths, clip_embeds)
+
+    def __call__(self, images: Sequence[Image.Image]) -> Regions:
+        return self.from_pixels(self.pixels(images))
+
+
+class PrecomputedRegions:
+    """Placeholder extractor for checkpoints trained on BUTD features: explains why images can't be encoded."""
+
+    def __call__(self, images: Sequence[Image.Image]) -> Regions:
+        raise ValueError(
+            "this USER checkpoint was trained on precomputed bottom-up-attention (BUTD) region features; "
+            "raw images need the Faster R-CNN detector that produced them, which is not available here. "
+            "Use precomputed features (encode_regions), or a checkpoint with region_extractor='clip-grid'."
+        )
+
+    def to(self, device: torch.device | str) -> "PrecomputedRegions":
+        return self
+
+
+def build_extractor(config: USERConfig, base_dir: Optional[Path] = None):
+    if config.region_extractor == "clip-grid":
+        return ClipGridExtractor(config.clip_model, config.clip_pretrained, base_dir)
+    return PrecomputedRegions()
