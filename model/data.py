@@ -176,8 +176,8 @@ class CaptionPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image = index // CAPTIONS_PER_IMAGE
-        regions = torch.from_numpy(np.asarray(self.split.regions[image], dtype=np.float32))
-        clip = None if self.split.clip_embeds is None else torch.from_numpy(np.asarray(self.split.clip_embeds[image], dtype=np.float32))
+        regions = torch.tensor(np.asarray(self.split.regions[image]), dtype=torch.float32)
+        clip = None if self.split.clip_embeds is None else torch.tensor(self.split.clip_embeds[image], dtype=torch.float32)
         return regions, clip, torch.tensor(self.token_ids(self.split.captions[index]))
 
 

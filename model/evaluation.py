@@ -84,11 +84,11 @@ def encode_split(model, split, batch_size: int = 128) -> tuple[torch.Tensor, tor
     """Embeddings of a RetrievalSplit: images [N, E] and captions [5N, E], on the CPU."""
     images, captions = [], []
     for start in range(0, len(split), batch_size):
-        regions = torch.as_tensor(np.asarray(split.regions[start : start + batch_size], dtype=np.float32))
+        regions = torch.tensor(np.asarray(split.regions[start : start + batch_size]), dtype=torch.float32)
         lengths = torch.full((regions.size(0),), regions.size(1), dtype=torch.long)
         clip = None
         if split.clip_embeds is not None:
-            clip = torch.as_tensor(np.asarray(split.clip_embeds[start : start + batch_size], dtype=np.float32))
+            clip = torch.tensor(np.asarray(split.clip_embeds[start : start + batch_size]), dtype=torch.float32)
         images.append(model.encode_regions(regions, lengths, clip).float().cpu())
     for start in range(0, len(split.captions), batch_size):
         captions.append(model.encode_texts(split.captions[start : start + batch_size]).float().cpu())

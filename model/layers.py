@@ -51,6 +51,7 @@ class MLP(nn.Module):
         self.output_dim = output_dim
         self.layers = nn.ModuleList([nn.Linear(input_dim, hidden_dim), nn.Linear(hidden_dim, output_dim)])
         self.bns = nn.ModuleList([nn.BatchNorm1d(hidden_dim), nn.BatchNorm1d(output_dim)])
+        self.bns[1].requires_grad_(False)  # never applied: no gradient (DDP would wait for one)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, n, dim = x.shape

@@ -97,3 +97,24 @@ def build_extractor(config: USERConfig, base_dir: Optional[Path] = None):
     if config.region_extractor == "clip-grid":
         return ClipGridExtractor(config.clip_model, config.clip_pretrained, base_dir)
     return PrecomputedRegions()
+
+
+def save_open_clip(clip_model, model_cfg: dict, folder: str | Path) -> Path:
+    """Write an open_clip model in the layout ``local-dir:`` and ``hf-hub:`` load
+    (``open_clip_config.json`` with ``model_cfg`` + ``preprocess_cfg``, ``open_clip_model.safetensors``)."""
+    import json
+
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in clip_model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    preprocess_cfg = {
+        "mean": list(getattr(clip_model.visual, "image_mean", None) or OPENAI_DATASET_MEAN),
+        "std": list(getattr(clip_model.visual, "image_std", None) or OPENAI_DATASET_STD),
+    }
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder

@@ -1,0 +1,65 @@
+"""Raw images end to end: a tiny open_clip tower in the local-dir layout gives the regions (patch
+tokens) and CGE's guide; checkpoints reference it by a path relative to themselves."""
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from model import USERModel
+from model.regions import ClipGridExtractor, save_open_clip
+from conftest import make_config
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 24, "patch_size": 8, "head_width": 12},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def clip_checkpoint_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("clip-root")
+    save_open_clip(open_clip.CLIP(**TINY_CLIP), TINY_CLIP, root / "clip")
+    return root
+
+
+def images(n=3):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def test_extractor_gives_patch_tokens_and_unit_clip_embeddings(clip_checkpoint_dir):
+    extractor = ClipGridExtractor(f"local-dir:{clip_checkpoint_dir / 'clip'}")
+    out = extractor(images() + [Image.new("L", (9, 9)), Image.new("RGBA", (20, 10))])
+    assert out.features.shape == (5, 16, 24)  # (32/8)^2 patches, width 24
+    assert out.clip_embeds.shape == (5, 16)
+    assert torch.allclose(out.clip_embeds.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_unknown_clip_is_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="could not load the CLIP region extractor"):
+        ClipGridExtractor(f"local-dir:{tmp_path / 'missing'}")
+
+
+@pytest.mark.parametrize("enhancement", ["sge", "cge"])
+def test_raw_images_end_to_end_and_relative_reference(clip_checkpoint_dir, tiny_bert, enhancement):
+    config = make_config(tiny_bert, enhancement=enhancement, region_extractor="clip-grid", clip_model="local-dir:../clip",
+                         region_dim=24, num_regions=16, clip_dim=16)
+    torch.manual_seed(0)
+    model = USERModel(config).eval()
+    folder = clip_checkpoint_dir / f"user-{enhancement}"
+    model.source_dir = folder  # as if it had been loaded from there
+    before = model.encode_images(images())
+    model.save_pretrained(folder)
+    loaded = USERModel.from_pretrained(folder)
+    after = loaded.encode_images(images())
+    assert before.shape == (3, 16)
+    assert torch.allclose(before, after, atol=1e-5)
+    detailed = loaded.encode_regions_detailed(loaded.extract_regions(images(1)))
+    assert detailed.enhance_attention.shape == (1, 16)
+    assert (detailed.region_weights is not None) == (enhancement == "sge")
+    # the CLIP is referenced, not copied into the USER checkpoint
+    assert not (folder / "open_clip_model.safetensors").exists()
