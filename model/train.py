@@ -85,6 +85,16 @@ def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def clip_reference(clip_model: str | None, checkpoint_dir: Path) -> str | None:
+    """A ``local-dir:`` CLIP given relative to the working directory, re-expressed relative to the
+    checkpoint folder (where from_pretrained resolves it), so the two can move together."""
+    prefix = "local-dir:"
+    if not clip_model or not clip_model.startswith(prefix):
+        return clip_model
+    clip_dir = Path(clip_model[len(prefix):]).expanduser().resolve()
+    return prefix + os.path.relpath(clip_dir, checkpoint_dir.resolve())
+
+
 def build_config(args, split) -> USERConfig:
     clip_dim = None if split.clip_embeds is None else int(split.clip_embeds.shape[1])
     return USERConfig(
@@ -97,7 +107,7 @@ def build_config(args, split) -> USERConfig:
         freeze_text_backbone=args.freeze_text_backbone,
         max_text_length=args.max_text_length,
         region_extractor=args.region_extractor,
-        clip_model=args.clip_model,
+        clip_model=clip_reference(args.clip_model, Path(args.out) / "best"),
         clip_pretrained=args.clip_pretrained,
         clip_dim=clip_dim,
     )

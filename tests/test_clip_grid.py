@@ -63,3 +63,25 @@ def test_raw_images_end_to_end_and_relative_reference(clip_checkpoint_dir, tiny_
     assert (detailed.region_weights is not None) == (enhancement == "sge")
     # the CLIP is referenced, not copied into the USER checkpoint
     assert not (folder / "open_clip_model.safetensors").exists()
+
+
+def test_train_and_evaluate_on_raw_images(clip_checkpoint_dir, tiny_bert, tmp_path, monkeypatch):
+    """Karpathy JSON + images → cached CLIP regions → training → a checkpoint that encodes raw images."""
+    from model import evaluate as evaluate_cli
+    from model import train
+    from model.synthetic import generate
+
+    data = tmp_path / "scenes"
+    generate(data, {"train": 64, "val": 16, "test": 8}, seed=0, image_size=32)
+    monkeypatch.chdir(clip_checkpoint_dir)  # a relative CLIP path, as a user would type it
+    out = tmp_path / "run"
+    train.main(["--data", str(data), "--val-split", "val", "--text-backbone", tiny_bert, "--out", str(out),
+                "--region-extractor", "clip-grid", "--clip-model", "local-dir:clip", "--enhancement", "cge",
+                "--embed-dim", "16", "--batch-size", "16", "--queue-size", "32", "--epochs", "1"])
+    assert len(list((data / "cache").glob("train-*.npz"))) == 1  # frozen extractor: regions cached once
+    monkeypatch.chdir(tmp_path)
+    model = USERModel.from_pretrained(out / "best")
+    assert model.config.clip_model == "local-dir:" + str(__import__("os").path.relpath(clip_checkpoint_dir / "clip", out / "best"))
+    assert model.encode_images(images(2)).shape == (2, 16)
+    results = evaluate_cli.main(["--checkpoint", str(out / "best"), "--data", str(data), "--split", "test", "--json"])
+    assert 0 <= results[str(out / "best")]["all"]["rsum"] <= 600
