@@ -1,0 +1,111 @@
+"""A miniature CLIP: a small custom open_clip architecture trained contrastively on a Karpathy-layout
+dataset, saved in open_clip's Hub layout so ``local-dir:`` (and ``hf-hub:``) load it like any CLIP.
+
+Its patch tokens are USER's ``clip-grid`` regions and its image embedding is CGE's guide.
+
+    python -m model.mini_clip --data data/scenes --out assets/mini-clip --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .data import find_karpathy_json, image_folder, read_karpathy
+from .regions import save_open_clip
+
+MINI_CLIP_CONFIG = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 96, "layers": 4, "width": 128, "patch_size": 12, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+}
+
+
+class ImageCaptions(Dataset):
+    """(pixels, one random caption of five) per image; a new caption is drawn at every visit."""
+
+    def __init__(self, data_dir: Path, split: str, preprocess, tokenizer):
+        entries, self.captions = read_karpathy(find_karpathy_json(data_dir), split)
+        self.paths = [image_folder(data_dir, e) for e in entries]
+        self.preprocess, self.tokenizer = preprocess, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        caption = self.captions[5 * index + int(torch.randint(5, ()))]
+        pixels = self.preprocess(Image.open(self.paths[index]).convert("RGB"))
+        return pixels, self.tokenizer([caption])[0]
+
+
+def train_mini_clip(
+    data_dir: str | Path,
+    out: str | Path,
+    model_config: dict = MINI_CLIP_CONFIG,
+    minutes: float = 10.0,
+    max_epochs: int = 100,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Path:
+    """Train for at most ``minutes`` (or ``max_epochs``), then save to ``out``."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_config)
+    size = model_config["vision_cfg"]["image_size"]
+    preprocess = open_clip.image_transform(size, is_train=False)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=model_config["text_cfg"]["context_length"])
+    loader = DataLoader(ImageCaptions(Path(data_dir), "train", preprocess, tokenizer), batch_size=batch_size,
+                        shuffle=True, drop_last=True, num_workers=0)
+    loss_fn = open_clip.ClipLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    total_steps = max_epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.05)
+    deadline = time.time() + 60 * minutes
+    model.train()
+    log = []
+    for epoch in range(max_epochs):
+        bar = tqdm(loader, desc=f"mini-clip epoch {epoch}", unit="step", mininterval=5.0)
+        losses = []
+        for pixels, tokens in bar:
+            image_features, text_features, logit_scale = model(pixels, tokens)
+            loss = loss_fn(image_features, text_features, logit_scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        log.append({"epoch": epoch, "loss": sum(losses) / len(losses)})
+        if time.time() > deadline:
+            break
+    model.eval()
+    folder = save_open_clip(model, model_config, out)
+    (folder / "training_log.json").write_text(json.dumps(log, indent=2))
+    return folder
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--max-epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    args = p.parse_args(argv)
+    folder = train_mini_clip(args.data, args.out, minutes=args.minutes, max_epochs=args.max_epochs,
+                             batch_size=args.batch_size, lr=args.lr)
+    print(f"wrote {folder}")
+
+
+if __name__ == "__main__":
+    main()
