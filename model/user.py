@@ -9,7 +9,7 @@ queues are training state and are not part of it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -146,7 +146,7 @@ class USERModel(
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, revision: Optional[str] = None, *, map_location: str = "cpu", **_: Any
+        cls, name_or_path: str | Path, revision: Optional[str] = None, *, map_location: str = "cpu"
     ) -> "USERModel":
         """Load a checkpoint from a local folder, a Hub id, or a Hub id in the local cache (offline).
 
