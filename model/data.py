@@ -156,11 +156,57 @@ def augment_tokens(tokens: list[str], vocab: list[str], rng: random.Random) -> l
     return out
 
 
-class CaptionPairs(torch.utils.data.Dataset):
-    """One item per caption: (regions [R, D], clip embedding or None, token ids with [CLS]/[SEP])."""
+@dataclass
+class TokenFeatures:
+    """A frozen text backbone's hidden states for many captions, stored flat: caption i is
+    ``values[offsets[i]:offsets[i + 1]]`` ([L_i, H], float16)."""
 
-    def __init__(self, split: RetrievalSplit, tokenizer, max_length: int, augment: bool = False, seed: int = 0):
+    values: np.ndarray  # [total tokens, H]
+    offsets: np.ndarray  # [N + 1]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.values[self.offsets[index] : self.offsets[index + 1]]
+
+
+@torch.no_grad()
+def frozen_text_features(model, captions: Sequence[str], cache_dir: Optional[Path] = None,
+                         batch_size: int = 256) -> TokenFeatures:
+    """Run the (frozen) text backbone once over every caption; cached on disk when ``cache_dir`` is set."""
+    digest = hashlib.sha1(f"{model.config.text_backbone}:{model.config.max_text_length}".encode())
+    for caption in captions:
+        digest.update(caption.encode() + b"\n")
+    cache_file = None if cache_dir is None else Path(cache_dir) / f"text-{digest.hexdigest()[:16]}.npz"
+    if cache_file is not None and cache_file.is_file():
+        stored = np.load(cache_file)
+        return TokenFeatures(stored["values"], stored["offsets"])
+    if model.txt_enc.bert.training:
+        raise ValueError("text features can be precomputed only for a backbone in eval mode (a frozen one)")
+    values, lengths = [], []
+    for start in tqdm(range(0, len(captions), batch_size), desc="text features", unit="batch", mininterval=5.0):
+        input_ids, batch_lengths = model.tokenize(captions[start : start + batch_size])
+        hidden = model.txt_enc.backbone(input_ids.to(model.device)).float().cpu()
+        for row, n in zip(hidden, batch_lengths.tolist()):
+            values.append(row[:n].half().numpy())
+            lengths.append(n)
+    features = TokenFeatures(np.concatenate(values), np.concatenate([[0], np.cumsum(lengths)]))
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, values=features.values, offsets=features.offsets)
+        os.replace(tmp, cache_file)
+    return features
+
+
+class CaptionPairs(torch.utils.data.Dataset):
+    """One item per caption: (regions [R, D], clip embedding or None, token ids with [CLS]/[SEP],
+    the backbone's hidden states [L, H] when precomputed, else None)."""
+
+    def __init__(self, split: RetrievalSplit, tokenizer, max_length: int, augment: bool = False, seed: int = 0,
+                 text_features: Optional[TokenFeatures] = None):
+        if augment and text_features is not None:
+            raise ValueError("caption augmentation changes the tokens: it cannot use precomputed text features")
         self.split, self.tokenizer, self.max_length, self.augment = split, tokenizer, max_length, augment
+        self.text_features = text_features
         self.vocab = list(tokenizer.get_vocab()) if augment else []
         self.rng = random.Random(seed)
 
@@ -178,15 +224,24 @@ class CaptionPairs(torch.utils.data.Dataset):
         image = index // CAPTIONS_PER_IMAGE
         regions = torch.tensor(np.asarray(self.split.regions[image]), dtype=torch.float32)
         clip = None if self.split.clip_embeds is None else torch.tensor(self.split.clip_embeds[image], dtype=torch.float32)
-        return regions, clip, torch.tensor(self.token_ids(self.split.captions[index]))
+        ids = torch.tensor(self.token_ids(self.split.captions[index]))
+        hidden = None if self.text_features is None else torch.from_numpy(self.text_features[index].copy())
+        return regions, clip, ids, hidden
 
 
 def collate_pairs(items):
-    """-> regions [B, R, D], region lengths [B], input_ids [B, L] (pad 0), text lengths [B], clip [B, C]|None."""
-    regions, clips, ids = zip(*items)
+    """-> regions [B, R, D], region lengths [B], input_ids [B, L] (pad 0), text lengths [B],
+    clip embeddings [B, C] or None, backbone hidden states [B, L, H] or None."""
+    regions, clips, ids, hidden = zip(*items)
     regions = torch.stack(regions)
     region_lengths = torch.full((len(items),), regions.size(1), dtype=torch.long)
     text_lengths = torch.tensor([len(x) for x in ids])
     input_ids = torch.nn.utils.rnn.pad_sequence(list(ids), batch_first=True, padding_value=0)
     clip_embeds = None if clips[0] is None else torch.stack(clips)
-    return regions, region_lengths, input_ids, text_lengths, clip_embeds
+    if hidden[0] is not None:
+        hidden = torch.nn.utils.rnn.pad_sequence(list(hidden), batch_first=True).float()
+        if hidden.size(1) != input_ids.size(1):
+            raise ValueError("precomputed text features do not match the tokenized captions")
+    else:
+        hidden = None
+    return regions, region_lengths, input_ids, text_lengths, clip_embeds, hidden

@@ -72,16 +72,17 @@ class MomentumUSER(nn.Module):
         self.text_queue[:, columns] = text_keys.t()
         self.queue_ptr[0] = (self.queue_ptr[0] + image_keys.size(0)) % queue_size
 
-    def forward(self, regions, region_lengths, input_ids, text_lengths, clip_embeds=None):
-        """One step's loss and its parts (as floats, for logging)."""
-        v_q, t_q = self.query(regions, region_lengths, input_ids, text_lengths, clip_embeds)  # [B, E] each
+    def forward(self, regions, region_lengths, input_ids, text_lengths, clip_embeds=None, text_hidden=None):
+        """One step's loss and its parts (detached, for logging)."""
+        inputs = (regions, region_lengths, input_ids, text_lengths, clip_embeds, text_hidden)
+        v_q, t_q = self.query(*inputs)  # [B, E] each
         batch_loss = self.uto(v_q, t_q)
         loss = self.lambda_loss * batch_loss
         parts = {"batch": batch_loss.detach()}
         if self.use_queue:
             with torch.no_grad():
                 self.momentum_update()
-                v_k, t_k = self.key(regions, region_lengths, input_ids, text_lengths, clip_embeds)
+                v_k, t_k = self.key(*inputs)
             # clone: the queues are updated in place below, after autograd has saved them
             queue_loss = self.uto.queue(v_q, t_k, t_q, v_k, self.image_queue.clone(), self.text_queue.clone())
             loss = loss + queue_loss

@@ -91,10 +91,19 @@ class TextEncoder(nn.Module):
         self.linear = nn.Linear(self.bert.config.hidden_size, config.embed_dim)
         self.gpool = GPO(config.gpo_pe_dim, config.gpo_hidden)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, L] (pad id 0), lengths [B] -> [B, E], L2-normalised."""
-        attention_mask = (input_ids != 0).long()
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+    def backbone(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, L] (pad id 0) -> the backbone's last hidden states [B, L, H]."""
+        return self.bert(input_ids=input_ids, attention_mask=(input_ids != 0).long()).last_hidden_state
+
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, hidden: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """input_ids [B, L] (pad id 0), lengths [B] -> [B, E], L2-normalised.
+
+        ``hidden`` [B, L, H]: the backbone's output computed beforehand (a frozen backbone's output only
+        depends on the ids, so training may cache it).
+        """
+        hidden = self.backbone(input_ids) if hidden is None else hidden.to(self.linear.weight.dtype)
         features = self.linear(hidden)  # [B, L, E]
         pooled, _ = self.gpool(features, lengths.to(features.device))
         return l2norm(pooled, dim=-1)

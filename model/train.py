@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .backbones import text_config_of
 from .config import USERConfig
-from .data import CaptionPairs, collate_pairs, load_split
+from .data import CaptionPairs, collate_pairs, frozen_text_features, load_split
 from .evaluation import evaluate_split
 from .loss import UTO
 from .moco import MomentumUSER
@@ -202,7 +202,11 @@ def main(argv=None) -> dict:
         start_epoch, best_rsum = resume["epoch"] + 1, resume["best_rsum"]
     trainer = DistributedDataParallel(moco) if world > 1 else moco
 
-    pairs = CaptionPairs(train_split, model.tokenizer, config.max_text_length, augment=not args.no_augment, seed=args.seed)
+    text_features = None
+    if config.freeze_text_backbone and args.no_augment:  # the backbone's output never changes: compute it once
+        text_features = frozen_text_features(model.to(device), train_split.captions, Path(args.data) / "cache")
+    pairs = CaptionPairs(train_split, model.tokenizer, config.max_text_length, augment=not args.no_augment,
+                         seed=args.seed, text_features=text_features)
     sampler = DistributedSampler(pairs, seed=args.seed, drop_last=True) if world > 1 else None
     loader = DataLoader(pairs, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
                         num_workers=args.workers, collate_fn=collate_pairs, worker_init_fn=reseed_worker)

@@ -43,11 +43,17 @@ class USERModel(
         self.img_enc = ImageEncoder(config)
         self.txt_enc = TextEncoder(config)
         if config.freeze_text_backbone:
-            self.txt_enc.bert.requires_grad_(False)
+            self.txt_enc.bert.requires_grad_(False).eval()
         self.source_dir: Optional[Path] = None  # where from_pretrained found it (relative CLIP paths)
         self.eval_results: dict[str, dict[str, float]] = {}  # split/dataset -> metrics, for the model card
         self._tokenizer = None
         self._extractor = None
+
+    def train(self, mode: bool = True) -> "USERModel":
+        super().train(mode)
+        if self.config.freeze_text_backbone:
+            self.txt_enc.bert.eval()  # frozen means frozen: no dropout either, so its output can be cached
+        return self
 
     # ----------------------------------------------------------------------------------- encoding
     @property
@@ -61,9 +67,11 @@ class USERModel(
         input_ids: torch.Tensor,
         text_lengths: torch.Tensor,
         clip_embeds: Optional[torch.Tensor] = None,
+        text_hidden: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step's embeddings: images [B, E] and captions [B, E]."""
-        return self.img_enc(regions, region_lengths, clip_embeds), self.txt_enc(input_ids, text_lengths)
+        images = self.img_enc(regions, region_lengths, clip_embeds)
+        return images, self.txt_enc(input_ids, text_lengths, text_hidden)
 
     def encode_regions(
         self, regions: torch.Tensor, lengths: torch.Tensor, clip_embeds: Optional[torch.Tensor] = None

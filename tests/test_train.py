@@ -47,7 +47,7 @@ def test_resume_continues_from_the_saved_epoch(toy_precomp, tiny_bert, tmp_path)
 
 
 @pytest.mark.parametrize("extra", [["--enhancement", "cge"], ["--enhancement", "none", "--no-queue"],
-                                   ["--freeze-text-backbone"]])
+                                   ["--freeze-text-backbone"], ["--freeze-text-backbone", "--no-augment"]])
 def test_variants_train_and_load(toy_precomp, tiny_bert, tmp_path, extra):
     run_train(toy_precomp, tiny_bert, tmp_path / "run", "--epochs", "1", "--max-steps-per-epoch", "4", *extra)
     model = USERModel.from_pretrained(tmp_path / "run" / "best")
@@ -68,3 +68,24 @@ def test_two_process_gloo_ddp(toy_precomp, tiny_bert, tmp_path):
     # every step enqueues the keys gathered from both processes: 4 steps x 2 x 32 keys, modulo K
     assert int(state["moco"]["queue_ptr"][0]) == (4 * 2 * 32) % 128
     USERModel.from_pretrained(out / "best")
+
+
+def test_cached_text_features_equal_the_live_backbone(toy_precomp, tiny_bert, tmp_path):
+    from model.data import CaptionPairs, collate_pairs, frozen_text_features, load_split
+    from conftest import make_config
+
+    model = USERModel(make_config(tiny_bert, freeze_text_backbone=True))
+    model.load_text_backbone_weights()
+    model.train()
+    assert not model.txt_enc.bert.training  # a frozen backbone stays in eval mode
+    split = load_split(toy_precomp, "dev")
+    features = frozen_text_features(model, split.captions, tmp_path)
+    again = frozen_text_features(model, split.captions, tmp_path)  # from the disk cache
+    assert len(list(tmp_path.glob("text-*.npz"))) == 1 and (again.values == features.values).all()
+    pairs = CaptionPairs(split, model.tokenizer, model.config.max_text_length, text_features=features)
+    regions, region_lengths, ids, lengths, clip, hidden = collate_pairs([pairs[i] for i in range(8)])
+    model.eval()
+    with torch.no_grad():
+        live = model.txt_enc(ids, lengths)
+        cached = model.txt_enc(ids, lengths, hidden)
+    assert torch.allclose(live, cached, atol=2e-3)  # float16 storage
