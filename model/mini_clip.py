@@ -3,7 +3,7 @@ dataset, saved in open_clip's Hub layout so ``local-dir:`` (and ``hf-hub:``) loa
 
 Its patch tokens are USER's ``clip-grid`` regions and its image embedding is CGE's guide.
 
-    python -m model.mini_clip --data data/scenes --out assets/mini-clip --minutes 10
+    python -m model.mini_clip --data data/scenes --out assets/mini-clip --epochs 6
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .regions import save_open_clip
 
 MINI_CLIP_CONFIG = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 96, "layers": 4, "width": 128, "patch_size": 12, "head_width": 32},
+    "vision_cfg": {"image_size": 96, "layers": 4, "width": 128, "patch_size": 16, "head_width": 32},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
 
@@ -49,13 +49,13 @@ def train_mini_clip(
     data_dir: str | Path,
     out: str | Path,
     model_config: dict = MINI_CLIP_CONFIG,
-    minutes: float = 10.0,
-    max_epochs: int = 100,
+    epochs: int = 6,
+    minutes: float | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
 ) -> Path:
-    """Train for at most ``minutes`` (or ``max_epochs``), then save to ``out``."""
+    """Train for ``epochs`` (stopping early after ``minutes`` if given), then save to ``out`` (float16)."""
     import open_clip
 
     torch.manual_seed(seed)
@@ -67,12 +67,12 @@ def train_mini_clip(
                         shuffle=True, drop_last=True, num_workers=0)
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    total_steps = max_epochs * len(loader)
+    total_steps = epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.05)
-    deadline = time.time() + 60 * minutes
+    deadline = None if minutes is None else time.time() + 60 * minutes
     model.train()
     log = []
-    for epoch in range(max_epochs):
+    for epoch in range(epochs):
         bar = tqdm(loader, desc=f"mini-clip epoch {epoch}", unit="step", mininterval=5.0)
         losses = []
         for pixels, tokens in bar:
@@ -85,10 +85,10 @@ def train_mini_clip(
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         log.append({"epoch": epoch, "loss": sum(losses) / len(losses)})
-        if time.time() > deadline:
+        if deadline is not None and time.time() > deadline:
             break
     model.eval()
-    folder = save_open_clip(model, model_config, out)
+    folder = save_open_clip(model, model_config, out, dtype=torch.float16)
     (folder / "training_log.json").write_text(json.dumps(log, indent=2))
     return folder
 
@@ -97,12 +97,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--max-epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--minutes", type=float, default=None, help="stop after this long, whatever the epoch")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     args = p.parse_args(argv)
-    folder = train_mini_clip(args.data, args.out, minutes=args.minutes, max_epochs=args.max_epochs,
+    folder = train_mini_clip(args.data, args.out, epochs=args.epochs, minutes=args.minutes,
                              batch_size=args.batch_size, lr=args.lr)
     print(f"wrote {folder}")
 

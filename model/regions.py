@@ -99,7 +99,7 @@ def build_extractor(config: USERConfig, base_dir: Optional[Path] = None):
     return PrecomputedRegions()
 
 
-def save_open_clip(clip_model, model_cfg: dict, folder: str | Path) -> Path:
+def save_open_clip(clip_model, model_cfg: dict, folder: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write an open_clip model in the layout ``local-dir:`` and ``hf-hub:`` load
     (``open_clip_config.json`` with ``model_cfg`` + ``preprocess_cfg``, ``open_clip_model.safetensors``)."""
     import json
@@ -109,8 +109,9 @@ def save_open_clip(clip_model, model_cfg: dict, folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in clip_model.state_dict().items()}
-    save_file(state, str(folder / "open_clip_model.safetensors"))
+    state = {k: v.detach().cpu().to(dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in clip_model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))  # open_clip casts back on load
     preprocess_cfg = {
         "mean": list(getattr(clip_model.visual, "image_mean", None) or OPENAI_DATASET_MEAN),
         "std": list(getattr(clip_model.visual, "image_std", None) or OPENAI_DATASET_STD),

@@ -17,7 +17,7 @@ TINY = {
 def test_mini_clip_trains_and_loads_through_local_dir(tmp_path):
     data = tmp_path / "scenes"
     generate(data, {"train": 64, "val": 0, "test": 4}, seed=0, image_size=32)
-    folder = train_mini_clip(data, tmp_path / "clip", TINY, minutes=5, max_epochs=6, batch_size=16, lr=3e-3)
+    folder = train_mini_clip(data, tmp_path / "clip", TINY, epochs=6, batch_size=16, lr=3e-3)
     log = json.loads((folder / "training_log.json").read_text())
     assert log[-1]["loss"] < log[0]["loss"]
     extractor = ClipGridExtractor(f"local-dir:{folder}")

@@ -1,0 +1,148 @@
+"""Rebuild the embedded default bundle from scratch: synthetic scenes, a miniature CLIP, USER-SGE and
+USER-CGE (MoCo + UTO, frozen all-MiniLM-L6-v2 text backbone), their model cards, and the gallery.
+
+    python -m model.build_default                 # the committed bundle: ~35 minutes on 2 CPU cores
+    python -m model.build_default --quick --out /tmp/bundle   # tiny sizes, a couple of minutes
+
+Layout written to OUT (``assets/`` by default):
+    mini-clip/   open_clip_config.json + open_clip_model.safetensors (float16)
+    user-sge/    USER checkpoint (config.json references ../mini-clip and the text backbone)
+    user-cge/    idem
+    gallery/     dataset.json (test split) + images/
+    manifest.json  what was built, with which settings, and the measured test metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .data import load_split
+from .evaluation import evaluate_split
+from .mini_clip import MINI_CLIP_CONFIG, train_mini_clip
+from .synthetic import generate
+from .user import USERModel
+
+TEXT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+QUICK_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 96, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@dataclass
+class BuildSettings:
+    counts: dict = field(default_factory=lambda: {"train": 20000, "val": 1000, "test": 1000})
+    image_size: int = 96
+    clip_config: dict = field(default_factory=lambda: MINI_CLIP_CONFIG)
+    clip_epochs: int = 6
+    user_epochs: int = 10
+    user_lr_update: int = 7
+    embed_dim: int = 256
+    batch_size: int = 128
+    queue_size: int = 2048
+    lambda_loss: float = 20.0
+    lr: float = 1e-3
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "BuildSettings":
+        return cls(counts={"train": 320, "val": 40, "test": 40}, clip_config=QUICK_CLIP_CONFIG, clip_epochs=1,
+                   user_epochs=1, user_lr_update=1, embed_dim=32, batch_size=32, queue_size=128)
+
+
+def train_user(settings: BuildSettings, data: Path, clip_dir: Path, runs: Path, enhancement: str,
+               use_queue: bool = True) -> Path:
+    """Train one USER variant on the scenes; returns its best checkpoint folder."""
+    from . import train
+
+    out = runs / f"{enhancement}{'' if use_queue else '-noqueue'}"
+    args = ["--data", str(data), "--val-split", "val", "--out", str(out), "--text-backbone", TEXT_BACKBONE,
+            "--freeze-text-backbone", "--no-augment", "--region-extractor", "clip-grid",
+            "--clip-model", f"local-dir:{clip_dir}", "--enhancement", enhancement,
+            "--embed-dim", str(settings.embed_dim), "--epochs", str(settings.user_epochs),
+            "--lr-update", str(settings.user_lr_update), "--batch-size", str(settings.batch_size),
+            "--queue-size", str(settings.queue_size), "--lambda-loss", str(settings.lambda_loss),
+            "--lr", str(settings.lr), "--seed", str(settings.seed)]
+    if not use_queue:
+        args.append("--no-queue")
+    train.main(args)
+    return out / "best"
+
+
+def publish(best: Path, destination: Path, clip_reference: str, test_metrics: dict) -> USERModel:
+    """Re-save a trained checkpoint into the bundle, its CLIP referenced relative to the bundle."""
+    model = USERModel.from_pretrained(best)
+    model.config.clip_model = clip_reference
+    model.eval_results = {"synthetic-scenes test (1k images, 5k captions)": test_metrics}
+    if destination.exists():
+        shutil.rmtree(destination)
+    model.save_pretrained(destination)
+    return model
+
+
+def copy_gallery(data: Path, destination: Path) -> None:
+    """The test split's images and a Karpathy JSON holding only them."""
+    dataset = json.loads((data / "dataset.json").read_text())
+    test = [entry for entry in dataset["images"] if entry["split"] == "test"]
+    if destination.exists():
+        shutil.rmtree(destination)
+    (destination / "images").mkdir(parents=True)
+    for entry in test:
+        shutil.copy2(data / "images" / entry["filename"], destination / "images" / entry["filename"])
+    (destination / "dataset.json").write_text(json.dumps({"dataset": "synthetic-scenes", "images": test}))
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def build(out: Path, work: Path, settings: BuildSettings) -> dict:
+    started = time.time()
+    data = work / "scenes"
+    if not (data / "dataset.json").is_file():
+        generate(data, settings.counts, seed=settings.seed, image_size=settings.image_size)
+    clip_dir = out / "mini-clip"
+    train_mini_clip(data, clip_dir, settings.clip_config, epochs=settings.clip_epochs, seed=settings.seed)
+    timings = {"dataset+clip_s": time.time() - started}
+    results = {}
+    for enhancement in ("sge", "cge"):
+        t0 = time.time()
+        best = train_user(settings, data, clip_dir, work / "runs", enhancement)
+        model = USERModel.from_pretrained(best)
+        test_metrics = evaluate_split(model, load_split(data, "test", model.region_extractor))
+        publish(best, out / f"user-{enhancement}", "local-dir:../mini-clip", test_metrics)
+        results[f"user-{enhancement}"] = test_metrics
+        timings[f"user-{enhancement}_s"] = time.time() - t0
+    copy_gallery(data, out / "gallery")
+    manifest = {
+        "settings": asdict(settings),
+        "text_backbone": TEXT_BACKBONE,
+        "test_metrics": results,
+        "timings_s": {k: round(v, 1) for k, v in {**timings, "total_s": time.time() - started}.items()},
+        "sizes_bytes": {p.name: folder_size(p) for p in sorted(out.iterdir()) if p.is_dir()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="assets", help="bundle folder")
+    p.add_argument("--work", default="data/build", help="scratch folder (dataset, runs, caches)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: proves the pipeline in a couple of minutes")
+    args = p.parse_args(argv)
+    settings = BuildSettings.quick() if args.quick else BuildSettings()
+    manifest = build(Path(args.out), Path(args.work), settings)
+    print(json.dumps({"test_metrics": manifest["test_metrics"], "timings_s": manifest["timings_s"],
+                      "sizes_bytes": manifest["sizes_bytes"]}, indent=2))
+    return manifest
+
+
+if __name__ == "__main__":
+    main()
