@@ -92,3 +92,31 @@ def toy_precomp(tmp_path_factory):
     write_precomputed(folder, "dev", 40, seed=1, clip_dim=12)
     write_precomputed(folder, "test", 40, seed=2, clip_dim=12)
     return folder
+
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 24, "patch_size": 8, "head_width": 12},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_bert):
+    """A bundle laid out like assets/: mini-clip/, user-sge/, user-cge/ (untrained tiny models), gallery/."""
+    import open_clip
+
+    from model.regions import save_open_clip
+    from model.synthetic import generate
+
+    root = tmp_path_factory.mktemp("bundle")
+    torch.manual_seed(0)
+    save_open_clip(open_clip.CLIP(**TINY_CLIP), TINY_CLIP, root / "mini-clip")
+    for enhancement in ("sge", "cge"):
+        config = make_config(tiny_bert, enhancement=enhancement, region_extractor="clip-grid",
+                             clip_model="local-dir:../mini-clip", region_dim=24, num_regions=16, clip_dim=16)
+        model = USERModel(config)
+        model.load_text_backbone_weights()
+        model.eval().save_pretrained(root / f"user-{enhancement}")
+    generate(root / "gallery", {"train": 0, "val": 0, "test": 12}, seed=0, image_size=32)
+    return root

@@ -9,13 +9,7 @@ from PIL import Image
 
 from model import USERModel
 from model.regions import ClipGridExtractor, save_open_clip
-from conftest import make_config
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 24, "patch_size": 8, "head_width": 12},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
+from conftest import TINY_CLIP, make_config
 
 
 @pytest.fixture(scope="module")

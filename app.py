@@ -1,0 +1,61 @@
+"""USER image-text retrieval demo: ``python app.py`` (embedded default) or ``python app.py --help``.
+
+Environment variables (for Hugging Face Spaces) name the same things as the flags:
+USER_SGE_CHECKPOINT, USER_CGE_CHECKPOINT, USER_GALLERY, USER_CACHE_DIR; GRADIO_SERVER_NAME/PORT are
+honoured by Gradio itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from app.gallery import load_gallery  # noqa: E402
+from app.service import load_service  # noqa: E402
+from app.ui import CSS, build_demo  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+ASSETS = ROOT / "assets"
+
+try:  # ZeroGPU on Spaces; a no-op everywhere else
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    gpu = None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sge", default=os.environ.get("USER_SGE_CHECKPOINT", str(ASSETS / "user-sge")),
+                   help="SGE checkpoint: Hub id or folder ('' for none)")
+    p.add_argument("--cge", default=os.environ.get("USER_CGE_CHECKPOINT", str(ASSETS / "user-cge")),
+                   help="CGE checkpoint: Hub id or folder ('' for none)")
+    p.add_argument("--gallery", default=os.environ.get("USER_GALLERY", str(ASSETS / "gallery")),
+                   help="gallery folder: dataset.json / captions.jsonl / images / SCAN features")
+    p.add_argument("--gallery-split", default=None, help="only this split of a Karpathy dataset.json")
+    p.add_argument("--cache-dir", default=os.environ.get("USER_CACHE_DIR", str(Path.home() / ".cache" / "user-demo")))
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    args, _ = p.parse_known_args(argv)
+    return args
+
+
+def create_demo(args: argparse.Namespace):
+    gallery = load_gallery(args.gallery, args.gallery_split)
+    service = load_service(args.sge or None, args.cge or None, gallery, Path(args.cache_dir), args.device)
+    return service, build_demo(service, gpu=gpu)
+
+
+ARGS = parse_args()
+service, demo = create_demo(ARGS)
+
+if __name__ == "__main__":
+    allowed = [str(Path(ARGS.gallery).resolve())]
+    demo.queue(default_concurrency_limit=4, max_size=64).launch(
+        share=ARGS.share, allowed_paths=allowed, max_file_size="20mb", css=CSS
+    )

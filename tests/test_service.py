@@ -1,0 +1,170 @@
+"""The gradio-free retrieval service, with tiny checkpoints: search, caching, and bad input."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.attention import attention_maps
+from app.gallery import load_gallery
+from app.index import EmbeddingIndex
+from app.service import ENSEMBLE, QueryError, RetrievalService, load_service, open_image
+from model import USERModel
+
+
+@pytest.fixture(scope="module")
+def service(tiny_bundle, tmp_path_factory):
+    gallery = load_gallery(tiny_bundle / "gallery")
+    return load_service(str(tiny_bundle / "user-sge"), str(tiny_bundle / "user-cge"), gallery,
+                        tmp_path_factory.mktemp("cache"))
+
+
+def test_text_search_ranks_and_marks_ground_truth(service):
+    caption = service.gallery.captions[7]
+    for model in service.model_choices:
+        result = service.search_text(caption, model, 5)
+        scores = [h.score for h in result.images]
+        assert len(result.images) == 5 and scores == sorted(scores, reverse=True)
+        assert [h.rank for h in result.images] == [1, 2, 3, 4, 5]
+    full = service.search_text(caption.upper() + "  ", "SGE", len(service.gallery))
+    marked = [h.index for h in full.images if h.is_ground_truth]
+    assert marked == [int(service.gallery.caption_image[7])]
+
+
+def test_ensemble_averages_the_models(service):
+    text = "a large red circle on the left"
+    single = {name: {h.index: h.score for h in service.search_text(text, name, 12).images} for name in ("SGE", "CGE")}
+    ensemble = service.search_text(text, ENSEMBLE, 12).images
+    for hit in ensemble:
+        assert hit.score == pytest.approx((single["SGE"][hit.index] + single["CGE"][hit.index]) / 2, abs=1e-5)
+
+
+def test_image_search_from_gallery_finds_itself_first(service):
+    result = service.search_image(None, "SGE", 3, gallery_index=4)
+    assert result.images[0].index == 4 and result.images[0].is_ground_truth
+    assert len(result.captions) == 3
+    uploaded = service.search_image(str(service.gallery.image_paths[4]), "CGE", 3)
+    assert uploaded.images[0].index == 4
+
+
+@pytest.mark.parametrize("k, expected", [(0, "at least 1"), (-3, "at least 1"), ("ten", "whole number"), (None, "whole number")])
+def test_bad_top_k(service, k, expected):
+    with pytest.raises(QueryError, match=expected):
+        service.search_text("a red circle", "SGE", k)
+
+
+def test_top_k_is_capped_and_text_is_cleaned(service):
+    assert len(service.search_text("a red circle", "SGE", 10_000).images) == len(service.gallery)
+    for bad in ["", "   \n\t ", "\x00\x01"]:
+        with pytest.raises(QueryError, match="type a description"):
+            service.search_text(bad, "SGE", 5)
+    long = service.search_text("red " * 5000, "SGE", 5)
+    assert "cut" in long.note
+    for text in ["😀 a red circle 🔴", "مربع أحمر", "红色的圆", "a\u202eright-to-left"]:
+        assert len(service.search_text(text, "CGE", 3).images) == 3
+    with pytest.raises(QueryError, match="unknown model"):
+        service.search_text("a red circle", "VSE", 5)
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "could not be read"),
+    (os.urandom(2048), "could not be read"),
+    (png_bytes(Image.new("RGB", (64, 64), "red"))[:60], "could not be read"),
+])
+def test_unreadable_images_get_a_clear_message(service, data, message):
+    with pytest.raises(QueryError, match=message):
+        service.search_image(data, "SGE", 3)
+
+
+def test_decompression_bomb_is_refused_before_decoding(service):
+    bomb = png_bytes(Image.new("1", (30000, 30000)))  # a small file that would decode to 900 megapixels
+    with pytest.raises(QueryError, match="megapixels"):
+        service.search_image(bomb, "SGE", 3)
+
+
+@pytest.mark.parametrize("image", [
+    Image.new("RGBA", (40, 30), (255, 0, 0, 128)), Image.new("P", (20, 20)), Image.new("I;16", (30, 30)),
+    Image.new("CMYK", (30, 30)), Image.new("L", (1, 1)), Image.new("RGB", (10000, 10)),
+])
+def test_unusual_images_work(service, image):
+    assert len(service.search_image(image, "SGE", 2).images) == 2
+
+
+def test_exif_rotation_is_respected():
+    image = Image.new("RGB", (40, 20), "blue")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° when displayed
+    data = io.BytesIO()
+    image.save(data, "JPEG", exif=exif.tobytes())
+    assert open_image(data.getvalue()).size == (20, 40)
+
+
+def test_compare_reports_agreement(service):
+    summary = service.compare(text=service.gallery.captions[0], k=4)
+    assert set(summary["results"]) == {"SGE", "CGE"}
+    assert 0 <= summary["overlap"] <= 1
+    assert set(summary["ground_truth_rank"]) == {"SGE", "CGE"}
+    by_image = service.compare(gallery_index=2, k=4)
+    assert by_image["ground_truth_rank"]["SGE"] == 1
+
+
+def test_attention_maps(service):
+    image = open_image(str(service.gallery.image_paths[0]))
+    sge = attention_maps(service.indexes["SGE"].model, image)
+    cge = attention_maps(service.indexes["CGE"].model, image)
+    assert sge.enhancement_grid.shape == (4, 4) and sge.guide_grid.sum() == pytest.approx(1, abs=1e-5)
+    assert (sge.enhancement_grid ** 2).sum() == pytest.approx(1, abs=1e-4)
+    assert cge.guide is None and cge.enhancement.size == (288, 288)
+
+
+def test_about_and_gallery_metrics(service):
+    info = service.about()
+    assert info["gallery"]["images"] == 12 and set(info["models"]) == {"SGE", "CGE"}
+    metrics = service.gallery_metrics()
+    assert set(metrics) == {"SGE", "CGE", ENSEMBLE} and 0 <= metrics["SGE"]["rsum"] <= 600
+
+
+def test_cache_is_reused_and_rebuilt_when_corrupt(tiny_bundle, tmp_path, monkeypatch):
+    gallery = load_gallery(tiny_bundle / "gallery")
+    model = USERModel.from_pretrained(tiny_bundle / "user-sge")
+    first = RetrievalService({"SGE": model}, gallery, tmp_path)
+    files = list(tmp_path.glob("emb-*.safetensors"))
+    assert len(files) == 1
+    calls = []
+    original = RetrievalService._encode_gallery
+    monkeypatch.setattr(RetrievalService, "_encode_gallery", lambda self, m: calls.append(1) or original(self, m))
+    warm = RetrievalService({"SGE": model}, gallery, tmp_path)
+    assert calls == [] and torch.equal(warm.indexes["SGE"].image_index.vectors, first.indexes["SGE"].image_index.vectors)
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated
+    rebuilt = RetrievalService({"SGE": model}, gallery, tmp_path)
+    assert calls == [1]
+    assert torch.allclose(rebuilt.indexes["SGE"].image_index.vectors, first.indexes["SGE"].image_index.vectors)
+
+
+def test_precomputed_checkpoint_refuses_uploads(tiny_model, toy_precomp):
+    gallery = load_gallery(toy_precomp, "test")
+    service = RetrievalService({"SGE": tiny_model}, gallery)
+    assert not gallery.has_images and len(service.search_text("a red circle", "SGE", 3).images) == 3
+    with pytest.raises(QueryError, match="precomputed detector features"):
+        service.search_image(Image.new("RGB", (8, 8)), "SGE", 3)
+    assert service.search_image(None, "SGE", 3, gallery_index=1).images[0].index == 1
+
+
+@pytest.mark.parametrize("kind", ["exact", "faiss-flat", "faiss-hnsw"])
+def test_index_kinds_agree_on_small_data(kind):
+    torch.manual_seed(0)
+    vectors = torch.nn.functional.normalize(torch.randn(500, 16), dim=1)
+    queries = vectors[:5] + 0.01
+    exact_scores, exact_idx = EmbeddingIndex(vectors, "exact").search(queries, 10)
+    scores, idx = EmbeddingIndex(vectors, kind).search(queries, 10)
+    assert idx[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert np.allclose(scores.numpy(), exact_scores.numpy(), atol=1e-5)
