@@ -43,6 +43,21 @@ def _user_error(err: Exception) -> gr.Error:
     return gr.Error(str(err) if isinstance(err, (QueryError, ValueError)) else "something went wrong; try again")
 
 
+def image_input(**kwargs) -> gr.Image:
+    """An image upload whose unreadable files get a clear message instead of Gradio's generic error."""
+    component = gr.Image(type="filepath", **kwargs)
+    preprocess = component.preprocess
+
+    def checked_preprocess(payload):
+        try:
+            return preprocess(payload)
+        except Exception as err:
+            raise gr.Error(f"this file could not be read as an image ({type(err).__name__})") from err
+
+    component.preprocess = checked_preprocess
+    return component
+
+
 def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gpu=None) -> gr.Blocks:
     """``gpu``: a decorator for the handlers that run a model (``spaces.GPU`` on ZeroGPU Spaces)."""
     gpu = gpu or (lambda fn: fn)
@@ -160,7 +175,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
             with gr.Tab("Image → Text / Image", id="image"):
                 with gr.Row():
                     with gr.Column():
-                        query_image = gr.Image(label="Upload an image", type="filepath", height=260)
+                        query_image = image_input(label="Upload an image", height=260)
                         model_image = gr.Radio(choices, value=default_model, label="Model")
                         k_image = gr.Slider(1, 50, value=10, step=1, label="How many results")
                         image_button = gr.Button("Search with this image", variant="primary")
@@ -176,7 +191,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
                 gr.Markdown("One query, both models: where do they agree, and what does each find alone?")
                 with gr.Row():
                     compare_text = gr.Textbox(label="Text query", scale=3)
-                    compare_image = gr.Image(label="…or an image", type="filepath", height=160, scale=2)
+                    compare_image = image_input(label="…or an image", height=160, scale=2)
                 k_compare = gr.Slider(1, 20, value=8, step=1, label="How many results")
                 compare_button = gr.Button("Compare", variant="primary")
                 compare_summary = gr.Markdown()
@@ -186,7 +201,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
             with gr.Tab("Attention", id="attention"):
                 gr.Markdown("Which parts of the image each model's guide is built from, and which parts it enhances "
                             "(bright = more). CGE's guide comes from CLIP, so it has only the second map.")
-                attention_image = gr.Image(label="Image", type="filepath", height=220)
+                attention_image = image_input(label="Image", height=220)
                 attention_button = gr.Button("Show attention", variant="primary")
                 with gr.Row():
                     sge_guide = gr.Image(label="SGE: regions the guide is built from", height=260)
