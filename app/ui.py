@@ -219,18 +219,18 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
         image_outputs = [caption_table, image_gallery, image_status, image_hits]
         image_button.click(search_image, [query_image, model_image, k_image], image_outputs, api_name="search_image")
         gallery_outputs = [query_image, caption_table, image_gallery, image_status, image_hits]
-        picked_index.change(search_gallery_image, [picked_index, model_image, k_image], gallery_outputs,
-                            api_name="search_gallery_image")
+        api_pick = gr.Button(visible=False)
+        api_pick.click(search_gallery_image, [picked_index, model_image, k_image], gallery_outputs,
+                       api_name="search_gallery_image")
 
-        def pick(evt: gr.SelectData):
-            return evt.index
+        def search_selected(hits: list[int], model: str, k: float, evt: gr.SelectData):
+            """A click on any gallery image (picker or results) searches from that image."""
+            return (*search_gallery_image(hits[evt.index], model, k), gr.Tabs(selected="image"))
 
-        def pick_result(hits: list[int], evt: gr.SelectData):
-            return hits[evt.index], gr.Tabs(selected="image")
-
-        picker.select(pick, None, picked_index, api_visibility="private")
-        text_gallery.select(pick_result, text_hits, [picked_index, tabs], api_visibility="private")
-        image_gallery.select(pick_result, image_hits, [picked_index, tabs], api_visibility="private")
+        picker_hits = gr.State(list(range(len(picker_items))))
+        select_outputs = [*gallery_outputs, tabs]
+        for source, hits in ((picker, picker_hits), (text_gallery, text_hits), (image_gallery, image_hits)):
+            source.select(search_selected, [hits, model_image, k_image], select_outputs, api_visibility="private")
         compare_button.click(compare, [compare_text, compare_image, k_compare], [sge_gallery, cge_gallery, compare_summary],
                              api_name="compare")
         attention_button.click(attention, attention_image, [sge_guide, sge_enhance, cge_guide, cge_enhance],
