@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     else:
         print(f"{args.data} [{args.split}]: {len(split)} images, {len(split.captions)} captions")
         for protocol in ("all", "5-fold 1K"):
-            rows = [(n[-14:], r[protocol]) for n, r in results.items() if protocol in r]
+            rows = [(n[-17:], r[protocol]) for n, r in results.items() if protocol in r]
             if rows:
                 print(f"\n{protocol}\n{format_table(rows)}")
     return results

@@ -74,8 +74,8 @@ def five_fold_metrics(sims, fold_size: int = 1000) -> dict[str, float]:
 def format_table(results: Iterable[tuple[str, dict[str, float]]]) -> str:
     """A fixed-width table, one row per (name, metrics)."""
     columns = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"]
-    header = f"{'':<14}" + "".join(f"{c:>9}" for c in columns)
-    rows = [f"{name:<14}" + "".join(f"{m[c]:9.1f}" for c in columns) for name, m in results]
+    header = f"{'':<17}" + "".join(f"{c:>9}" for c in columns)
+    rows = [f"{name:<17}" + "".join(f"{m[c]:9.1f}" for c in columns) for name, m in results]
     return "\n".join([header, *rows])
 
 

@@ -109,3 +109,25 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@torch.no_grad()
+def clip_similarities(clip_name: str, data_dir: str | Path, split: str = "test", batch_size: int = 128) -> torch.Tensor:
+    """The CLIP alone as a retrieval model: cosine similarities [N, 5N] of a Karpathy split."""
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(clip_name)
+    model.eval()
+    context = model.context_length if hasattr(model, "context_length") else 77
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=context)
+    data_dir = Path(data_dir)
+    entries, captions = read_karpathy(find_karpathy_json(data_dir), split)
+    paths = [image_folder(data_dir, e) for e in entries]
+    images = torch.cat([
+        model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[i : i + batch_size]]),
+                           normalize=True)
+        for i in range(0, len(paths), batch_size)
+    ])
+    texts = torch.cat([model.encode_text(tokenizer(captions[i : i + 256]), normalize=True)
+                       for i in range(0, len(captions), 256)])
+    return images @ texts.t()

@@ -1,0 +1,61 @@
+"""The ablation table of the embedded default: no enhancement / SGE / CGE / SGE+CGE, each with and
+without the MoCo queue term, and the miniature CLIP alone, on the synthetic test split.
+
+    python -m model.ablation --work data/build --clip assets/mini-clip [--json data/build/ablation.json]
+
+Runs that ``python -m model.build_default`` already trained (same settings) are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .build_default import BuildSettings, train_user
+from .data import load_split
+from .evaluation import encode_split, format_table, retrieval_metrics
+from .mini_clip import clip_similarities
+from .user import USERModel
+
+
+def test_similarities(best: Path, data: Path) -> torch.Tensor:
+    model = USERModel.from_pretrained(best)
+    images, captions = encode_split(model, load_split(data, "test", model.region_extractor))
+    return images @ captions.t()
+
+
+def run(work: Path, clip_dir: Path, settings: BuildSettings) -> dict[str, dict[str, float]]:
+    data = work / "scenes"
+    rows: dict[str, dict[str, float]] = {"mini CLIP alone": retrieval_metrics(clip_similarities(f"local-dir:{clip_dir}", data))}
+    for use_queue in (False, True):
+        suffix = "" if use_queue else "-noqueue"
+        sims = {}
+        for enhancement in ("none", "sge", "cge"):
+            best = work / "runs" / f"{enhancement}{suffix}" / "best"
+            if not (best / "model.safetensors").is_file():
+                best = train_user(settings, data, clip_dir, work / "runs", enhancement, use_queue)
+            sims[enhancement] = test_similarities(best, data)
+            rows[f"{enhancement.upper() if enhancement != 'none' else 'no enh.'}{'' if use_queue else ' -queue'}"] = \
+                retrieval_metrics(sims[enhancement])
+        rows[f"SGE+CGE{'' if use_queue else ' -queue'}"] = retrieval_metrics((sims["sge"] + sims["cge"]) / 2)
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="data/build")
+    p.add_argument("--clip", default="assets/mini-clip")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    rows = run(Path(args.work), Path(args.clip).resolve(), BuildSettings())
+    print(format_table(rows.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
