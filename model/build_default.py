@@ -102,13 +102,14 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def build(out: Path, work: Path, settings: BuildSettings) -> dict:
+def build(out: Path, work: Path, settings: BuildSettings, resume: bool = False) -> dict:
     started = time.time()
     data = work / "scenes"
     if not (data / "dataset.json").is_file():
         generate(data, settings.counts, seed=settings.seed, image_size=settings.image_size)
     clip_dir = out / "mini-clip"
-    train_mini_clip(data, clip_dir, settings.clip_config, epochs=settings.clip_epochs, seed=settings.seed)
+    if not (resume and (clip_dir / "open_clip_model.safetensors").is_file()):
+        train_mini_clip(data, clip_dir, settings.clip_config, epochs=settings.clip_epochs, seed=settings.seed)
     timings = {"dataset+clip_s": time.time() - started}
     results = {}
     for enhancement in ("sge", "cge"):
@@ -136,9 +137,11 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="assets", help="bundle folder")
     p.add_argument("--work", default="data/build", help="scratch folder (dataset, runs, caches)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the pipeline in a couple of minutes")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the stages an interrupted build finished (dataset, mini CLIP, cached features)")
     args = p.parse_args(argv)
     settings = BuildSettings.quick() if args.quick else BuildSettings()
-    manifest = build(Path(args.out), Path(args.work), settings)
+    manifest = build(Path(args.out), Path(args.work), settings, args.resume)
     print(json.dumps({"test_metrics": manifest["test_metrics"], "timings_s": manifest["timings_s"],
                       "sizes_bytes": manifest["sizes_bytes"]}, indent=2))
     return manifest

@@ -181,14 +181,16 @@ def frozen_text_features(model, captions: Sequence[str], cache_dir: Optional[Pat
         return TokenFeatures(stored["values"], stored["offsets"])
     if model.txt_enc.bert.training:
         raise ValueError("text features can be precomputed only for a backbone in eval mode (a frozen one)")
-    values, lengths = [], []
-    for start in tqdm(range(0, len(captions), batch_size), desc="text features", unit="batch", mininterval=5.0):
-        input_ids, batch_lengths = model.tokenize(captions[start : start + batch_size])
+    order = sorted(range(len(captions)), key=lambda i: len(captions[i]))  # similar lengths batch together
+    rows: list[Optional[np.ndarray]] = [None] * len(captions)
+    for start in tqdm(range(0, len(order), batch_size), desc="text features", unit="batch", mininterval=5.0):
+        batch = order[start : start + batch_size]
+        input_ids, batch_lengths = model.tokenize([captions[i] for i in batch])
         hidden = model.txt_enc.backbone(input_ids.to(model.device)).float().cpu()
-        for row, n in zip(hidden, batch_lengths.tolist()):
-            values.append(row[:n].half().numpy())
-            lengths.append(n)
-    features = TokenFeatures(np.concatenate(values), np.concatenate([[0], np.cumsum(lengths)]))
+        for i, row, n in zip(batch, hidden, batch_lengths.tolist()):
+            rows[i] = row[:n].half().numpy()
+    lengths = [len(r) for r in rows]
+    features = TokenFeatures(np.concatenate(rows), np.concatenate([[0], np.cumsum(lengths)]))
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")

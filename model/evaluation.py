@@ -80,8 +80,12 @@ def format_table(results: Iterable[tuple[str, dict[str, float]]]) -> str:
 
 
 @torch.no_grad()
-def encode_split(model, split, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of a RetrievalSplit: images [N, E] and captions [5N, E], on the CPU."""
+def encode_split(model, split, batch_size: int = 128, text_features=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of a RetrievalSplit: images [N, E] and captions [5N, E], on the CPU.
+
+    ``text_features``: the frozen text backbone's precomputed outputs for ``split.captions``
+    (``model.data.TokenFeatures``), which skips the backbone.
+    """
     images, captions = [], []
     for start in range(0, len(split), batch_size):
         regions = torch.tensor(np.asarray(split.regions[start : start + batch_size]), dtype=torch.float32)
@@ -91,18 +95,26 @@ def encode_split(model, split, batch_size: int = 128) -> tuple[torch.Tensor, tor
             clip = torch.tensor(np.asarray(split.clip_embeds[start : start + batch_size]), dtype=torch.float32)
         images.append(model.encode_regions(regions, lengths, clip).float().cpu())
     for start in range(0, len(split.captions), batch_size):
-        captions.append(model.encode_texts(split.captions[start : start + batch_size]).float().cpu())
+        texts = split.captions[start : start + batch_size]
+        if text_features is None:
+            captions.append(model.encode_texts(texts).float().cpu())
+            continue
+        input_ids, lengths = model.tokenize(texts)
+        hidden = torch.nn.utils.rnn.pad_sequence(
+            [torch.from_numpy(text_features[start + i].astype(np.float32)) for i in range(len(texts))], batch_first=True
+        )
+        captions.append(model.txt_enc(input_ids.to(model.device), lengths, hidden.to(model.device)).float().cpu())
     return torch.cat(images), torch.cat(captions)
 
 
-def evaluate_split(models, split, batch_size: int = 128) -> dict[str, float]:
+def evaluate_split(models, split, batch_size: int = 128, text_features=None) -> dict[str, float]:
     """Metrics of one model, or of an ensemble (averaged similarities) when given several."""
     models = models if isinstance(models, (list, tuple)) else [models]
     sims = None
     for model in models:
         was_training = model.training
         model.eval()
-        images, captions = encode_split(model, split, batch_size)
+        images, captions = encode_split(model, split, batch_size, text_features)
         model.train(was_training)
         term = images @ captions.t()
         sims = term if sims is None else sims + term

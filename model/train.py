@@ -202,9 +202,12 @@ def main(argv=None) -> dict:
         start_epoch, best_rsum = resume["epoch"] + 1, resume["best_rsum"]
     trainer = DistributedDataParallel(moco) if world > 1 else moco
 
-    text_features = None
-    if config.freeze_text_backbone and args.no_augment:  # the backbone's output never changes: compute it once
-        text_features = frozen_text_features(model.to(device), train_split.captions, Path(args.data) / "cache")
+    text_features = val_text_features = None
+    if config.freeze_text_backbone:  # the backbone's output never changes: compute it once
+        cache = Path(args.data) / "cache"
+        val_text_features = frozen_text_features(model.to(device), val_split.captions, cache)
+        if args.no_augment:
+            text_features = frozen_text_features(model, train_split.captions, cache)
     pairs = CaptionPairs(train_split, model.tokenizer, config.max_text_length, augment=not args.no_augment,
                          seed=args.seed, text_features=text_features)
     sampler = DistributedSampler(pairs, seed=args.seed, drop_last=True) if world > 1 else None
@@ -218,7 +221,7 @@ def main(argv=None) -> dict:
         started = time.time()
         mean_loss = train_epoch(moco, trainer, loader, optimizer, args, device, epoch, is_main)
         if is_main:
-            metrics = evaluate_split(model, val_split)
+            metrics = evaluate_split(model, val_split, text_features=val_text_features)
             history.append({"epoch": epoch, "loss": mean_loss, "seconds": time.time() - started, **metrics})
             print(json.dumps(history[-1]), flush=True)
             if metrics["rsum"] > best_rsum:
