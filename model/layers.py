@@ -77,18 +77,23 @@ class GPO(nn.Module):
         self.linear = nn.Linear(hidden, 1, bias=False)
 
     def pool_weights(self, lengths: torch.Tensor) -> torch.Tensor:
-        """[B] lengths -> [B, max_len, 1] pooling weights θ (zero at padding)."""
-        max_len = int(lengths.max())
-        mask = length_mask(lengths, max_len).unsqueeze(-1)  # [B, L, 1]
+        """[B] lengths -> [B, max_len, 1] pooling weights θ (zero at padding).
+
+        θ depends on the length alone, so the GRU runs once per distinct length (one run for a batch of
+        36-region images) and the rows are gathered back: the same numbers, far less sequential work.
+        """
+        unique, inverse = torch.unique(lengths, return_inverse=True)  # unique is sorted ascending
+        max_len = int(unique[-1])
+        mask = length_mask(unique, max_len).unsqueeze(-1)  # [U, L, 1]
         pes = positional_encoding_1d(self.pe_dim, max_len).to(lengths.device)
-        pes = pes.unsqueeze(0).expand(lengths.size(0), -1, -1).masked_fill(~mask, 0)
-        packed = pack_padded_sequence(pes, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        pes = pes.unsqueeze(0).expand(len(unique), -1, -1).masked_fill(~mask, 0)
+        packed = pack_padded_sequence(pes, unique.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)  # [B, L, 2H]
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)  # [U, L, 2H]
         half = out.size(2) // 2
         out = (out[:, :, :half] + out[:, :, half:]) / 2
-        scores = self.linear(out).masked_fill(~mask, MASKED_SCORE)  # [B, L, 1]
-        return torch.softmax(scores / self.temperature, dim=1)
+        scores = self.linear(out).masked_fill(~mask, MASKED_SCORE)  # [U, L, 1]
+        return torch.softmax(scores / self.temperature, dim=1)[inverse]  # [B, L, 1]
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, N, E], lengths [B] -> pooled [B, E], weights [B, max_len, 1]."""
