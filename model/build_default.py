@@ -1,7 +1,7 @@
 """Rebuild the embedded default bundle from scratch: synthetic scenes, a miniature CLIP, USER-SGE and
 USER-CGE (MoCo + UTO, frozen all-MiniLM-L6-v2 text backbone), their model cards, and the gallery.
 
-    python -m model.build_default                 # the committed bundle: ~35 minutes on 2 CPU cores
+    python -m model.build_default                 # the committed bundle: about 75 minutes on 2 CPU cores
     python -m model.build_default --quick --out /tmp/bundle   # tiny sizes, a couple of minutes
 
 Layout written to OUT (``assets/`` by default):
@@ -41,13 +41,13 @@ class BuildSettings:
     image_size: int = 96
     clip_config: dict = field(default_factory=lambda: MINI_CLIP_CONFIG)
     clip_epochs: int = 6
-    user_epochs: int = 10
-    user_lr_update: int = 7
+    user_epochs: int = 5
+    user_lr_update: int = 4
     embed_dim: int = 256
-    batch_size: int = 128
+    batch_size: int = 512  # per-step costs (GPO's GRU, the momentum update) dominate on 2 cores
     queue_size: int = 2048
     lambda_loss: float = 20.0
-    lr: float = 1e-3
+    lr: float = 2e-3
     seed: int = 0
 
     @classmethod
