@@ -27,7 +27,7 @@ def test_similarities(best: Path, data: Path) -> torch.Tensor:
     return images @ captions.t()
 
 
-def run(work: Path, clip_dir: Path, settings: BuildSettings) -> dict[str, dict[str, float]]:
+def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool = True) -> dict[str, dict[str, float]]:
     data = work / "scenes"
     rows: dict[str, dict[str, float]] = {"mini CLIP alone": retrieval_metrics(clip_similarities(f"local-dir:{clip_dir}", data))}
     for use_queue in (False, True):
@@ -36,11 +36,14 @@ def run(work: Path, clip_dir: Path, settings: BuildSettings) -> dict[str, dict[s
         for enhancement in ("none", "sge", "cge"):
             best = work / "runs" / f"{enhancement}{suffix}" / "best"
             if not (best / "model.safetensors").is_file():
+                if not train_missing:
+                    continue
                 best = train_user(settings, data, clip_dir, work / "runs", enhancement, use_queue)
             sims[enhancement] = test_similarities(best, data)
             rows[f"{enhancement.upper() if enhancement != 'none' else 'no enh.'}{'' if use_queue else ' -queue'}"] = \
                 retrieval_metrics(sims[enhancement])
-        rows[f"SGE+CGE{'' if use_queue else ' -queue'}"] = retrieval_metrics((sims["sge"] + sims["cge"]) / 2)
+        if "sge" in sims and "cge" in sims:
+            rows[f"SGE+CGE{'' if use_queue else ' -queue'}"] = retrieval_metrics((sims["sge"] + sims["cge"]) / 2)
     return rows
 
 
@@ -49,8 +52,9 @@ def main(argv=None) -> dict:
     p.add_argument("--work", default="data/build")
     p.add_argument("--clip", default="assets/mini-clip")
     p.add_argument("--json", default=None)
+    p.add_argument("--no-train", action="store_true", help="only evaluate the runs that exist (and the CLIP)")
     args = p.parse_args(argv)
-    rows = run(Path(args.work), Path(args.clip).resolve(), BuildSettings())
+    rows = run(Path(args.work), Path(args.clip).resolve(), BuildSettings(), train_missing=not args.no_train)
     print(format_table(rows.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

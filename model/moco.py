@@ -59,8 +59,10 @@ class MomentumUSER(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
+        """θ_k ← m·θ_k + (1 − m)·θ_q for the trained parameters; frozen ones are equal and stay so."""
         for param_q, param_k in zip(self.query.parameters(), self.key.parameters()):
-            param_k.mul_(self.momentum).add_(param_q.detach(), alpha=1.0 - self.momentum)
+            if param_q.requires_grad:
+                param_k.mul_(self.momentum).add_(param_q.detach(), alpha=1.0 - self.momentum)
 
     @torch.no_grad()
     def enqueue(self, image_keys: torch.Tensor, text_keys: torch.Tensor) -> None:
