@@ -120,3 +120,21 @@ def tiny_bundle(tmp_path_factory, tiny_bert):
         model.eval().save_pretrained(root / f"user-{enhancement}")
     generate(root / "gallery", {"train": 0, "val": 0, "test": 12}, seed=0, image_size=32)
     return root
+
+
+@pytest.fixture(scope="module")
+def demo_url(tiny_bundle, tmp_path_factory):
+    """The demo on the tiny bundle, served on loopback; yields (url, service)."""
+    from app.gallery import load_gallery
+    from app.service import load_service
+    from app.ui import CSS, build_demo
+
+    gallery = load_gallery(tiny_bundle / "gallery")
+    service = load_service(str(tiny_bundle / "user-sge"), str(tiny_bundle / "user-cge"), gallery,
+                           tmp_path_factory.mktemp("cache"))
+    demo = build_demo(service)
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
+                            allowed_paths=[str(gallery.root)], max_file_size="20mb", css=CSS)
+    yield url, service
+    demo.close()

@@ -4,22 +4,11 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app.gallery import load_gallery
-from app.service import load_service
-from app.ui import CSS, build_demo
-
 
 @pytest.fixture(scope="module")
-def client(tiny_bundle, tmp_path_factory):
-    gallery = load_gallery(tiny_bundle / "gallery")
-    service = load_service(str(tiny_bundle / "user-sge"), str(tiny_bundle / "user-cge"), gallery,
-                           tmp_path_factory.mktemp("cache"))
-    demo = build_demo(service)
-    demo.queue(default_concurrency_limit=4, max_size=64)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
-                            allowed_paths=[str(gallery.root)], max_file_size="20mb", css=CSS)
-    yield Client(url, verbose=False), service
-    demo.close()
+def client(demo_url):
+    url, service = demo_url
+    return Client(url, verbose=False), service
 
 
 def test_search_text(client):

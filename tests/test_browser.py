@@ -10,10 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from app.gallery import load_gallery
-from app.service import load_service
-from app.ui import CSS, build_demo
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
@@ -23,19 +19,8 @@ if CHROMIUM is None and os.environ.get("REQUIRE_BROWSER") == "1":
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_bundle, tmp_path_factory):
-    gallery = load_gallery(tiny_bundle / "gallery")
-    service = load_service(str(tiny_bundle / "user-sge"), str(tiny_bundle / "user-cge"), gallery,
-                           tmp_path_factory.mktemp("cache"))
-    demo = build_demo(service)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
-                            allowed_paths=[str(gallery.root)], css=CSS)
-    yield url
-    demo.close()
-
-
-def test_a_user_searches_and_visits_every_tab(app_url, tmp_path):
+def test_a_user_searches_and_visits_every_tab(demo_url, tmp_path):
+    app_url, _ = demo_url
     from playwright.sync_api import expect, sync_playwright
 
     shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
