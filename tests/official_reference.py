@@ -3,7 +3,6 @@ modules, per-sample loops), used only to check that converted checkpoints give t
 
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 
