@@ -129,6 +129,30 @@ def clean_query(text) -> tuple[str, str]:
     return text, note
 
 
+def normalise_caption(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def share_frozen_text_backbones(models: list[USERModel]) -> None:
+    """Models that reference the same frozen text backbone (same name, revision and weights) get one
+    module: loaded once in memory, and run once per text when their embeddings are combined."""
+    for i, model in enumerate(models):
+        if not model.config.freeze_text_backbone:
+            continue
+        for earlier in models[:i]:
+            same_name = (earlier.config.freeze_text_backbone
+                         and (earlier.config.text_backbone, earlier.config.text_backbone_revision)
+                         == (model.config.text_backbone, model.config.text_backbone_revision))
+            if same_name and _same_weights(earlier.txt_enc.bert, model.txt_enc.bert):
+                model.txt_enc.bert = earlier.txt_enc.bert
+                break
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def parse_top_k(k, limit: int) -> int:
     try:
         value = int(float(k))
@@ -154,6 +178,11 @@ class RetrievalService:
         self.latencies: deque[tuple[str, float]] = deque(maxlen=50)
         self.build_seconds: dict[str, float] = {}
         self.indexes: dict[str, ModelIndex] = {}
+        self._caption_images: dict[str, set[int]] = {}  # normalised caption -> the images it describes
+        for caption, image in zip(gallery.captions, gallery.caption_image):
+            self._caption_images.setdefault(normalise_caption(caption), set()).add(int(image))
+        share_frozen_text_backbones(list(models.values()))
+        self._hidden_memo: dict = {}  # gallery captions' frozen-backbone states, shared while embedding
         for name, model in models.items():
             model = model.to(self.device).eval()
             started = time.time()
@@ -161,6 +190,7 @@ class RetrievalService:
             caption_index = EmbeddingIndex(captions, index_kind) if len(captions) else None
             self.indexes[name] = ModelIndex(name, model, EmbeddingIndex(images, index_kind), caption_index)
             self.build_seconds[name] = time.time() - started
+        self._hidden_memo.clear()
 
     # ------------------------------------------------------------------------------- gallery
     @property
@@ -216,12 +246,26 @@ class RetrievalService:
                 for start in tqdm(range(0, len(gallery), size), desc="gallery images", unit="batch"):
                     batch = [open_image(p) for p in gallery.image_paths[start : start + size]]
                     image_chunks.append(model.encode_images(batch).float())
-            caption_chunks = [model.encode_texts(gallery.captions[s : s + 256]).float()
+            caption_chunks = [self._encode_texts(model, gallery.captions[s : s + 256], memo=self._hidden_memo)
                               for s in tqdm(range(0, len(gallery.captions), 256), desc="gallery captions", unit="batch")]
         dim = model.config.embed_dim
         images = torch.cat(image_chunks) if image_chunks else torch.empty(0, dim, device=self.device)
         captions = torch.cat(caption_chunks) if caption_chunks else torch.empty(0, dim, device=self.device)
         return images, captions
+
+    @staticmethod
+    def _encode_texts(model: USERModel, texts: list[str], memo: Optional[dict] = None) -> torch.Tensor:
+        """texts -> [B, E]. A frozen backbone's hidden states are looked up in / stored into ``memo``, so
+        models sharing one backbone (SGE and CGE of the bundle) run it once per text."""
+        input_ids, lengths = model.tokenize(texts)
+        input_ids = input_ids.to(model.device)
+        hidden = None
+        if memo is not None and model.config.freeze_text_backbone:
+            key = (id(model.txt_enc.bert), tuple(texts), model.config.max_text_length)
+            hidden = memo.get(key)
+            if hidden is None:
+                hidden = memo[key] = model.txt_enc.backbone(input_ids)
+        return model.txt_enc(input_ids, lengths, hidden).float()
 
     # -------------------------------------------------------------------------------- queries
     def _models_for(self, name: str) -> list[ModelIndex]:
@@ -263,9 +307,8 @@ class RetrievalService:
         return seconds
 
     def ground_truth_of_text(self, text: str) -> set[int]:
-        key = " ".join(text.lower().split())
-        return {int(self.gallery.caption_image[i]) for i, c in enumerate(self.gallery.captions)
-                if " ".join(c.lower().split()) == key}
+        """The gallery images a text is a caption of (case and spacing ignored)."""
+        return set(self._caption_images.get(normalise_caption(text), ()))
 
     @torch.inference_mode()
     def search_text(self, query, model: str, k=10) -> SearchResult:
@@ -273,12 +316,12 @@ class RetrievalService:
         text, note = clean_query(query)
         k = parse_top_k(k, len(self.gallery))
         entries = self._models_for(model)
-        queries = []
+        memo: dict = {}
+        queries = [self._encode_texts(entry.model, [text], memo) for entry in entries]
         for entry in entries:
-            ids, lengths = entry.model.tokenize([text])
-            if not note and len(entry.model.tokenizer(text)["input_ids"]) > entry.model.config.max_text_length:
-                note = f"the query was cut to the model's {entry.model.config.max_text_length} tokens"
-            queries.append(entry.model.encode_token_ids(ids, lengths))
+            limit = entry.model.config.max_text_length
+            if not note and len(entry.model.tokenizer(text, truncation=False)["input_ids"]) > limit:
+                note = f"the query was cut to the model's {limit} tokens"
         hits = self._image_hits(self._rank(entries, queries, k, captions=False), self.ground_truth_of_text(text))
         return SearchResult(hits, note=note, seconds=self._timed("text", started))
 

@@ -8,6 +8,7 @@ behave like max-, mean- or top-k pooling as the data asks.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -75,13 +76,27 @@ class GPO(nn.Module):
         self.pe_dim = pe_dim
         self.gru = nn.GRU(pe_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
         self.linear = nn.Linear(hidden, 1, bias=False)
+        self._table: Optional[tuple] = None  # (parameter key, θ for lengths 1..Lmax) at inference
 
     def pool_weights(self, lengths: torch.Tensor) -> torch.Tensor:
         """[B] lengths -> [B, max_len, 1] pooling weights θ (zero at padding).
 
         θ depends on the length alone, so the GRU runs once per distinct length (one run for a batch of
         36-region images) and the rows are gathered back: the same numbers, far less sequential work.
+        At inference (eval mode, no gradient) θ is looked up in a table of every length seen so far,
+        rebuilt whenever a parameter changes: a single query then costs no GRU step at all.
         """
+        if self.training or torch.is_grad_enabled():
+            return self._compute_weights(lengths)
+        max_len = int(lengths.max())
+        key = (lengths.device, tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        table = self._table
+        if table is None or table[0] != key or table[1].size(0) < max_len:
+            all_lengths = torch.arange(1, max(max_len, 0 if table is None else table[1].size(0)) + 1, device=lengths.device)
+            table = self._table = (key, self._compute_weights(all_lengths))  # [Lmax, Lmax, 1]
+        return table[1][lengths - 1, :max_len]
+
+    def _compute_weights(self, lengths: torch.Tensor) -> torch.Tensor:
         unique, inverse = torch.unique(lengths, return_inverse=True)  # unique is sorted ascending
         max_len = int(unique[-1])
         mask = length_mask(unique, max_len).unsqueeze(-1)  # [U, L, 1]

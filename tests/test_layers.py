@@ -93,3 +93,20 @@ def test_text_tower_uses_attention_mask(tiny_model):
     alone = tiny_model.encode_token_ids(ids[:1, : lengths[0]], lengths[:1])
     padded = tiny_model.encode_token_ids(ids, lengths)[:1]
     assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_gpo_inference_table_matches_the_gru_and_follows_weight_changes():
+    torch.manual_seed(0)
+    gpo = GPO(16, 8).eval()
+    lengths = torch.tensor([3, 7, 1, 7, 5])
+    with torch.no_grad():
+        fresh = gpo._compute_weights(lengths)
+        assert torch.allclose(gpo.pool_weights(lengths), fresh, atol=1e-6)
+        assert torch.allclose(gpo.pool_weights(torch.tensor([2])), gpo._compute_weights(torch.tensor([2])), atol=1e-6)
+        assert torch.allclose(gpo.pool_weights(torch.tensor([12, 4])), gpo._compute_weights(torch.tensor([12, 4])), atol=1e-6)
+        gpo.linear.weight.mul_(-1)  # an in-place change (as load_state_dict makes) must rebuild the table
+        assert torch.allclose(gpo.pool_weights(lengths), gpo._compute_weights(lengths), atol=1e-6)
+        assert not torch.allclose(gpo.pool_weights(lengths), fresh, atol=1e-3)
+    gpo.load_state_dict(GPO(16, 8).state_dict())
+    with torch.no_grad():
+        assert torch.allclose(gpo.pool_weights(lengths), gpo._compute_weights(lengths), atol=1e-6)
