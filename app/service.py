@@ -133,10 +133,15 @@ def normalise_caption(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def share_frozen_text_backbones(models: list[USERModel]) -> None:
-    """Models that reference the same frozen text backbone (same name, revision and weights) get one
-    module: loaded once in memory, and run once per text when their embeddings are combined."""
+def share_frozen_parts(models: list[USERModel]) -> None:
+    """Models that reference the same frozen text backbone (same name, revision and weights) or the same
+    CLIP region extractor get one copy of it: loaded once in memory, and run once per input when the
+    gallery is embedded or the models' scores are combined."""
     for i, model in enumerate(models):
+        for earlier in models[:i]:
+            if earlier.region_extractor_key() == model.region_extractor_key():
+                model.share_region_extractor(earlier)
+                break
         if not model.config.freeze_text_backbone:
             continue
         for earlier in models[:i]:
@@ -181,8 +186,8 @@ class RetrievalService:
         self._caption_images: dict[str, set[int]] = {}  # normalised caption -> the images it describes
         for caption, image in zip(gallery.captions, gallery.caption_image):
             self._caption_images.setdefault(normalise_caption(caption), set()).add(int(image))
-        share_frozen_text_backbones(list(models.values()))
-        self._hidden_memo: dict = {}  # gallery captions' frozen-backbone states, shared while embedding
+        share_frozen_parts(list(models.values()))
+        self._memo: dict = {}  # frozen-backbone outputs for the gallery, shared by the models while embedding
         for name, model in models.items():
             model = model.to(self.device).eval()
             started = time.time()
@@ -190,7 +195,7 @@ class RetrievalService:
             caption_index = EmbeddingIndex(captions, index_kind) if len(captions) else None
             self.indexes[name] = ModelIndex(name, model, EmbeddingIndex(images, index_kind), caption_index)
             self.build_seconds[name] = time.time() - started
-        self._hidden_memo.clear()
+        self._memo.clear()
 
     # ------------------------------------------------------------------------------- gallery
     @property
@@ -243,15 +248,29 @@ class RetrievalService:
                     lengths = torch.full((len(batch),), batch.size(1), dtype=torch.long)
                     image_chunks.append(model.encode_regions(batch, lengths).float())
             else:
-                for start in tqdm(range(0, len(gallery), size), desc="gallery images", unit="batch"):
-                    batch = [open_image(p) for p in gallery.image_paths[start : start + size]]
-                    image_chunks.append(model.encode_images(batch).float())
-            caption_chunks = [self._encode_texts(model, gallery.captions[s : s + 256], memo=self._hidden_memo)
+                image_chunks.append(self.encode_image_files(model, gallery.image_paths, memo=self._memo))
+            caption_chunks = [self._encode_texts(model, gallery.captions[s : s + 256], memo=self._memo)
                               for s in tqdm(range(0, len(gallery.captions), 256), desc="gallery captions", unit="batch")]
         dim = model.config.embed_dim
         images = torch.cat(image_chunks) if image_chunks else torch.empty(0, dim, device=self.device)
         captions = torch.cat(caption_chunks) if caption_chunks else torch.empty(0, dim, device=self.device)
         return images, captions
+
+    @torch.inference_mode()
+    def encode_image_files(self, model: USERModel, paths: list[Path], memo: Optional[dict] = None) -> torch.Tensor:
+        """Image files -> [N, E]: decode, preprocess, CLIP, USER's image tower, in batches. The regions
+        are looked up in / stored into ``memo`` (models sharing a CLIP extract them once)."""
+        size, chunks = self.batch_size, []
+        with self._autocast():
+            for start in tqdm(range(0, len(paths), size), desc="gallery images", unit="batch", disable=len(paths) <= size):
+                key = (model.region_extractor_key(), tuple(paths[start : start + size]))
+                regions = None if memo is None else memo.get(key)
+                if regions is None:
+                    regions = model.extract_regions([open_image(p) for p in paths[start : start + size]])
+                    if memo is not None:
+                        memo[key] = regions
+                chunks.append(model.encode_regions(regions.features, regions.lengths, regions.clip_embeds).float())
+        return torch.cat(chunks) if chunks else torch.empty(0, model.config.embed_dim, device=self.device)
 
     @staticmethod
     def _encode_texts(model: USERModel, texts: list[str], memo: Optional[dict] = None) -> torch.Tensor:

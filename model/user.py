@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoTokenizer
 from .backbones import resolve_text_backbone
 from .config import USERConfig
 from .hub import CHECKPOINT_PATTERNS, CONFIG_NAME, PICKLED_WEIGHTS, WEIGHTS_NAME, resolve_folder
-from .regions import Regions, build_extractor
+from .regions import Regions, build_extractor, resolve_clip_name
 from .towers import ImageEncoder, ImageEncoding, TextEncoder
 
 TEXT_BACKBONE_PREFIX = "txt_enc.bert."
@@ -48,6 +48,7 @@ class USERModel(
         self.eval_results: dict[str, dict[str, float]] = {}  # split/dataset -> metrics, for the model card
         self._tokenizer = None
         self._extractor = None
+        self._extractor_owner: Optional["USERModel"] = None
 
     def train(self, mode: bool = True) -> "USERModel":
         super().train(mode)
@@ -97,8 +98,20 @@ class USERModel(
     @property
     def region_extractor(self):
         if self._extractor is None:
-            self._extractor = build_extractor(self.config, self.source_dir)
+            owner = self._extractor_owner
+            self._extractor = owner.region_extractor if owner else build_extractor(self.config, self.source_dir)
         return self._extractor.to(self.device)
+
+    def region_extractor_key(self) -> tuple:
+        """Equal for two checkpoints whose region extractors are the same frozen model (then one can serve both)."""
+        config = self.config
+        return config.region_extractor, resolve_clip_name(config.clip_model, self.source_dir), config.clip_pretrained
+
+    def share_region_extractor(self, other: "USERModel") -> None:
+        """Use ``other``'s (frozen, stateless) region extractor instead of loading a second copy."""
+        if other.region_extractor_key() != self.region_extractor_key():
+            raise ValueError("the two checkpoints use different region extractors")
+        self._extractor_owner = other  # resolved on first use: loading stays lazy
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """texts -> input_ids [B, L], lengths [B] (with [CLS] and [SEP], truncated to max_text_length)."""

@@ -114,7 +114,8 @@ def tiny_bundle(tmp_path_factory, tiny_bert):
     save_open_clip(open_clip.CLIP(**TINY_CLIP), TINY_CLIP, root / "mini-clip")
     for enhancement in ("sge", "cge"):
         config = make_config(tiny_bert, enhancement=enhancement, region_extractor="clip-grid",
-                             clip_model="local-dir:../mini-clip", region_dim=24, num_regions=16, clip_dim=16)
+                             clip_model="local-dir:../mini-clip", region_dim=24, num_regions=16, clip_dim=16,
+                             freeze_text_backbone=True)  # as in the real bundle
         model = USERModel(config)
         model.load_text_backbone_weights()
         model.eval().save_pretrained(root / f"user-{enhancement}")

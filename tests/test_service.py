@@ -168,3 +168,16 @@ def test_index_kinds_agree_on_small_data(kind):
     scores, idx = EmbeddingIndex(vectors, kind).search(queries, 10)
     assert idx[:, 0].tolist() == [0, 1, 2, 3, 4]
     assert np.allclose(scores.numpy(), exact_scores.numpy(), atol=1e-5)
+
+
+def test_shared_frozen_parts_give_the_models_own_embeddings(service):
+    """SGE and CGE share one frozen text backbone and one CLIP; their gallery embeddings must equal what
+    each model computes on its own."""
+    sge, cge = (service.indexes[name].model for name in ("SGE", "CGE"))
+    assert sge.txt_enc.bert is cge.txt_enc.bert and sge.region_extractor is cge.region_extractor
+    captions = service.gallery.captions[:9]
+    images = [open_image(p) for p in service.gallery.image_paths[:4]]
+    for name in ("SGE", "CGE"):
+        entry = service.indexes[name]
+        assert torch.allclose(entry.caption_index.vectors[:9], entry.model.encode_texts(captions), atol=1e-5)
+        assert torch.allclose(entry.image_index.vectors[:4], entry.model.encode_images(images), atol=1e-5)
