@@ -14,10 +14,11 @@ import os
 import time
 import unicodedata
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -127,6 +128,16 @@ def clean_query(text) -> tuple[str, str]:
     if len(text) > MAX_QUERY_CHARS:
         text, note = text[:MAX_QUERY_CHARS], f"the query was cut to its first {MAX_QUERY_CHARS} characters"
     return text, note
+
+
+def prefetch(fn, items: list) -> Iterator:
+    """Yield fn(item) for each item, computing the next one in a background thread meanwhile."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(fn, items[0]) if items else None
+        for following in items[1:] + [None]:
+            result = pending.result()
+            pending = pool.submit(fn, following) if following is not None else None
+            yield result
 
 
 def normalise_caption(text: str) -> str:
@@ -260,15 +271,18 @@ class RetrievalService:
     def encode_image_files(self, model: USERModel, paths: list[Path], memo: Optional[dict] = None) -> torch.Tensor:
         """Image files -> [N, E]: decode, preprocess, CLIP, USER's image tower, in batches. The regions
         are looked up in / stored into ``memo`` (models sharing a CLIP extract them once)."""
-        size, chunks = self.batch_size, []
+        batches = [paths[start : start + self.batch_size] for start in range(0, len(paths), self.batch_size)]
+        extractor, memo = model.region_extractor, {} if memo is None else memo
+        todo = [batch for batch in batches if (model.region_extractor_key(), tuple(batch)) not in memo]
+        # Decoding and preprocessing (PIL, which releases the GIL) of the next batch overlaps the model's work.
+        pixels = prefetch(lambda batch: extractor.pixels([open_image(p) for p in batch]), todo)
+        chunks = []
         with self._autocast():
-            for start in tqdm(range(0, len(paths), size), desc="gallery images", unit="batch", disable=len(paths) <= size):
-                key = (model.region_extractor_key(), tuple(paths[start : start + size]))
-                regions = None if memo is None else memo.get(key)
-                if regions is None:
-                    regions = model.extract_regions([open_image(p) for p in paths[start : start + size]])
-                    if memo is not None:
-                        memo[key] = regions
+            for batch in tqdm(batches, desc="gallery images", unit="batch", disable=len(batches) <= 1):
+                key = (model.region_extractor_key(), tuple(batch))
+                if key not in memo:
+                    memo[key] = extractor.from_pixels(next(pixels))
+                regions = memo[key]
                 chunks.append(model.encode_regions(regions.features, regions.lengths, regions.clip_embeds).float())
         return torch.cat(chunks) if chunks else torch.empty(0, model.config.embed_dim, device=self.device)
 

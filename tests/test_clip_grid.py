@@ -33,6 +33,14 @@ def test_extractor_gives_patch_tokens_and_unit_clip_embeddings(clip_checkpoint_d
     assert torch.allclose(out.clip_embeds.norm(dim=1), torch.ones(5), atol=1e-5)
 
 
+def test_batched_preprocessing_equals_open_clips_own(clip_checkpoint_dir):
+    extractor = ClipGridExtractor(f"local-dir:{clip_checkpoint_dir / 'clip'}")
+    batch = images() + [Image.new("L", (9, 9)), Image.new("RGBA", (20, 10))]
+    assert extractor._pil_steps is not None  # open_clip's pipeline is recognised, so the fast path runs
+    expected = torch.stack([extractor.preprocess(image.convert("RGB")) for image in batch])
+    assert torch.allclose(extractor.pixels(batch), expected, atol=1e-6)
+
+
 def test_unknown_clip_is_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="could not load the CLIP region extractor"):
         ClipGridExtractor(f"local-dir:{tmp_path / 'missing'}")
