@@ -234,7 +234,8 @@ class RetrievalService:
             try:
                 stored = load_file(str(cache))
                 images, captions = stored["images"], stored["captions"]
-                if len(images) == len(self.gallery) and len(captions) == len(self.gallery.captions):
+                dim = model.config.embed_dim
+                if images.shape == (len(self.gallery), dim) and captions.shape == (len(self.gallery.captions), dim):
                     return images.to(self.device), captions.to(self.device)
                 log.warning("embedding cache %s does not match the gallery; rebuilding", cache)
             except Exception as err:  # truncated or corrupt: rebuild
@@ -353,7 +354,7 @@ class RetrievalService:
         queries = [self._encode_texts(entry.model, [text], memo) for entry in entries]
         for entry in entries:
             limit = entry.model.config.max_text_length
-            if not note and len(entry.model.tokenizer(text, truncation=False)["input_ids"]) > limit:
+            if not note and entry.model.count_tokens(text) > limit:
                 note = f"the query was cut to the model's {limit} tokens"
         hits = self._image_hits(self._rank(entries, queries, k, captions=False), self.ground_truth_of_text(text))
         return SearchResult(hits, note=note, seconds=self._timed("text", started))

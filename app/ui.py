@@ -43,19 +43,31 @@ def _user_error(err: Exception) -> gr.Error:
     return gr.Error(str(err) if isinstance(err, (QueryError, ValueError)) else "something went wrong; try again")
 
 
-def image_input(**kwargs) -> gr.Image:
-    """An image upload whose unreadable files get a clear message instead of Gradio's generic error."""
-    component = gr.Image(type="filepath", **kwargs)
+def clear_errors(component, message: str):
+    """Make a component's input check answer ``message`` (a gr.Error the client sees) instead of the generic
+    error Gradio gives for an unexpected exception; Gradio's own clear errors pass through."""
     preprocess = component.preprocess
 
     def checked_preprocess(payload):
         try:
             return preprocess(payload)
+        except gr.Error:
+            raise
         except Exception as err:
-            raise gr.Error(f"this file could not be read as an image ({type(err).__name__})") from err
+            raise gr.Error(message.format(payload=repr(payload)[:40], error=type(err).__name__)) from err
 
     component.preprocess = checked_preprocess
     return component
+
+
+def image_input(**kwargs) -> gr.Image:
+    """An image upload whose unreadable files get a clear message."""
+    return clear_errors(gr.Image(type="filepath", **kwargs), "this file could not be read as an image ({error})")
+
+
+def top_k_slider(maximum: int, value: int) -> gr.Slider:
+    return clear_errors(gr.Slider(1, maximum, value=value, step=1, label="How many results"),
+                        "how many results must be a whole number, got {payload}")
 
 
 def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gpu=None) -> gr.Blocks:
@@ -165,7 +177,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
                     random_button = gr.Button("🎲 Random caption", scale=1)
                 with gr.Row():
                     model_text = gr.Radio(choices, value=default_model, label="Model")
-                    k_text = gr.Slider(1, 50, value=10, step=1, label="How many results")
+                    k_text = top_k_slider(50, 10)
                 search_button = gr.Button("Search", variant="primary")
                 if examples:
                     gr.Examples(examples, inputs=query, label="Try a caption from the gallery", cache_examples=False)
@@ -177,7 +189,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
                     with gr.Column():
                         query_image = image_input(label="Upload an image", height=260)
                         model_image = gr.Radio(choices, value=default_model, label="Model")
-                        k_image = gr.Slider(1, 50, value=10, step=1, label="How many results")
+                        k_image = top_k_slider(50, 10)
                         image_button = gr.Button("Search with this image", variant="primary")
                     with gr.Column():
                         picker = gr.Gallery(picker_items, label="…or click a gallery image", columns=6, height=260,
@@ -186,13 +198,13 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
                 caption_table = gr.Dataframe(headers=["rank", "score", "caption", "ground truth"], label="Captions found",
                                              interactive=False, wrap=True)
                 image_gallery = gr.Gallery(label="Similar images", columns=5, height="auto", object_fit="contain")
-                picked_index = gr.Number(visible=False, precision=0)
+                picked_index = clear_errors(gr.Number(visible=False, precision=0), "the image index must be a number, got {payload}")
             with gr.Tab("SGE vs CGE", id="compare"):
                 gr.Markdown("One query, both models: where do they agree, and what does each find alone?")
                 with gr.Row():
                     compare_text = gr.Textbox(label="Text query", scale=3)
                     compare_image = image_input(label="…or an image", height=160, scale=2)
-                k_compare = gr.Slider(1, 20, value=8, step=1, label="How many results")
+                k_compare = top_k_slider(20, 8)
                 compare_button = gr.Button("Compare", variant="primary")
                 compare_summary = gr.Markdown()
                 with gr.Row():

@@ -8,6 +8,7 @@ queues are training state and are not part of it.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -47,6 +48,7 @@ class USERModel(
         self.source_dir: Optional[Path] = None  # where from_pretrained found it (relative CLIP paths)
         self.eval_results: dict[str, dict[str, float]] = {}  # split/dataset -> metrics, for the model card
         self._tokenizer = None
+        self._tokenizer_lock = threading.Lock()  # the demo serves several requests at once
         self._extractor = None
         self._extractor_owner: Optional["USERModel"] = None
 
@@ -115,10 +117,16 @@ class USERModel(
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """texts -> input_ids [B, L], lengths [B] (with [CLS] and [SEP], truncated to max_text_length)."""
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.config.max_text_length, return_tensors="pt"
-        )
+        with self._tokenizer_lock:  # a fast tokenizer changes its own truncation state on every call
+            batch = self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self.config.max_text_length, return_tensors="pt"
+            )
         return batch["input_ids"], batch["attention_mask"].sum(dim=1)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` has before truncation (with [CLS] and [SEP])."""
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, truncation=False)["input_ids"])
 
     def extract_regions(self, images: Sequence[Image.Image]) -> Regions:
         return self.region_extractor(images)

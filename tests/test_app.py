@@ -1,5 +1,8 @@
 """The app through gradio_client against a launched server (loopback): every endpoint, and bad input."""
 
+import os
+from pathlib import Path
+
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -64,3 +67,77 @@ def test_bad_image_gets_a_message(client, tmp_path):
         client.predict(handle_file(str(bad)), "SGE", 3, api_name="/search_image")
     with pytest.raises(AppError, match="upload an image"):
         client.predict(None, "SGE", 3, api_name="/search_image")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("a red circle", "SGE", -4), "less than minimum value 1"),
+    (("a red circle", "SGE", "ten"), "must be a whole number, got .ten."),
+    (("\x00\x07  \t", "SGE", 5), "type a description"),
+])
+def test_more_bad_parameters(client, args, message):
+    client, _ = client
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name="/search_text")
+    assert len(client.predict("a large red circle", "CGE", 2, api_name="/search_text")[0]) == 2
+
+
+def test_long_and_unusual_text(client):
+    client, service = client
+    gallery, status = client.predict("a red circle " * 800, "SGE", 3, api_name="/search_text")  # 10,400 characters
+    assert len(gallery) == 3 and "cut" in status
+    for text in ["😀 a red circle 🔴", "مربع أحمر على اليسار", "红色的圆", "a\u202eright-to-left", "tab\tand\rreturn"]:
+        gallery, status = client.predict(text, "Ensemble", 3, api_name="/search_text")
+        assert len(gallery) == 3 and "results in" in status
+    with pytest.raises(AppError, match="greater than maximum value"):
+        client.predict("a red circle", "SGE", 10_000, api_name="/search_text")
+
+
+def _image_files(tmp_path):
+    from test_service import animated_gif, jpeg_bytes, palette_with_transparency, png_bytes
+    from PIL import Image
+
+    good = {
+        "cmyk.jpg": jpeg_bytes(Image.new("CMYK", (30, 30), (0, 255, 255, 0))),
+        "gray16.png": png_bytes(Image.new("I;16", (30, 30), 40000)),
+        "palette.png": palette_with_transparency(),
+        "animated.gif": animated_gif(),
+        "tiny.png": png_bytes(Image.new("RGB", (1, 1), "red")),
+        "strip.png": png_bytes(Image.new("RGB", (10000, 10), "blue")),
+    }
+    bad = {
+        "empty.png": b"",
+        "random.png": os.urandom(4096),
+        "truncated.jpg": jpeg_bytes(Image.new("RGB", (64, 64), "red"))[:200],
+        "bomb.png": png_bytes(Image.new("1", (30000, 30000))),
+    }
+    paths = {}
+    for name, data in {**good, **bad}.items():
+        (tmp_path / name).write_bytes(data)
+        paths[name] = str(tmp_path / name)
+    return {n: paths[n] for n in good}, {n: paths[n] for n in bad}
+
+
+def test_every_kind_of_upload_works_or_gets_a_message(client, tmp_path):
+    client, _ = client
+    good, bad = _image_files(tmp_path)
+    for name, path in good.items():
+        table, gallery, status = client.predict(handle_file(path), "SGE", 3, api_name="/search_image")
+        assert len(gallery) == 3, name
+    for name, path in bad.items():
+        with pytest.raises(AppError, match="could not be read|megapixels|empty"):
+            client.predict(handle_file(path), "SGE", 3, api_name="/search_image")
+        table, gallery, status = client.predict(handle_file(good["tiny.png"]), "CGE", 2, api_name="/search_image")
+        assert len(gallery) == 2, f"the server did not recover after {name}"
+
+
+def test_only_gallery_files_are_served(client, demo_url):
+    import httpx
+
+    client, service = client
+    url = demo_url[0].rstrip("/")
+    inside = service.gallery.image_paths[0].resolve()
+    assert httpx.get(f"{url}/gradio_api/file={inside}").status_code == 200
+    outside = [Path(__file__).resolve(), Path("/etc/passwd"), service.gallery.root.parent / "user-sge" / "config.json"]
+    for path in outside:
+        response = httpx.get(f"{url}/gradio_api/file={path}")
+        assert response.status_code in (403, 404), (path, response.status_code)

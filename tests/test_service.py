@@ -85,6 +85,55 @@ def test_unreadable_images_get_a_clear_message(service, data, message):
         service.search_image(data, "SGE", 3)
 
 
+def jpeg_bytes(image: Image.Image) -> bytes:
+    return png_bytes(image, "JPEG")
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("P", (32, 32), i * 40) for i in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buffer.getvalue()
+
+
+def palette_with_transparency() -> bytes:
+    image = Image.new("P", (24, 24), 1)
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=1)  # index 1 (blue) is transparent: composited on white
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data", [
+    jpeg_bytes(Image.new("RGB", (64, 64), "red"))[:200],  # truncated JPEG
+    b"GIF89a" + os.urandom(100),
+    b"\x89PNG\r\n\x1a\n" + os.urandom(500),  # a PNG signature, then noise
+])
+def test_more_broken_files_get_a_clear_message(service, data):
+    with pytest.raises(QueryError, match="could not be read"):
+        service.search_image(data, "SGE", 3)
+
+
+@pytest.mark.parametrize("data, expected_mode", [
+    (jpeg_bytes(Image.new("CMYK", (30, 30), (0, 255, 255, 0))), "CMYK"),
+    (png_bytes(Image.new("I;16", (30, 30), 40000)), "I;16"),
+    (palette_with_transparency(), "P"),
+    (animated_gif(), "P"),
+])
+def test_encoded_unusual_images_work(service, data, expected_mode):
+    assert Image.open(io.BytesIO(data)).mode == expected_mode
+    assert len(service.search_image(data, "SGE", 2).images) == 2
+
+
+def test_conversions_keep_what_a_viewer_shows():
+    assert open_image(palette_with_transparency()).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
+    first = open_image(animated_gif())
+    assert first.getpixel((0, 0)) == Image.open(io.BytesIO(animated_gif())).convert("RGB").getpixel((0, 0))
+    cmyk = open_image(jpeg_bytes(Image.new("CMYK", (8, 8), (0, 255, 255, 0))))
+    red, green, blue = cmyk.getpixel((4, 4))
+    assert red > 200 and green < 60 and blue < 60  # CMYK (0, 100%, 100%, 0) is red
+
+
 def test_decompression_bomb_is_refused_before_decoding(service):
     bomb = png_bytes(Image.new("1", (30000, 30000)))  # a small file that would decode to 900 megapixels
     with pytest.raises(QueryError, match="megapixels"):
@@ -148,6 +197,46 @@ def test_cache_is_reused_and_rebuilt_when_corrupt(tiny_bundle, tmp_path, monkeyp
     rebuilt = RetrievalService({"SGE": model}, gallery, tmp_path)
     assert calls == [1]
     assert torch.allclose(rebuilt.indexes["SGE"].image_index.vectors, first.indexes["SGE"].image_index.vectors)
+
+
+def test_a_cache_that_does_not_fit_is_rebuilt(tiny_bundle, tmp_path):
+    from safetensors.torch import save_file
+
+    gallery = load_gallery(tiny_bundle / "gallery")
+    model = USERModel.from_pretrained(tiny_bundle / "user-sge")
+    first = RetrievalService({"SGE": model}, gallery, tmp_path)
+    cache = next(tmp_path.glob("emb-*.safetensors"))
+    save_file({"images": torch.zeros(len(gallery), 3), "captions": torch.zeros(len(gallery.captions), 3)}, str(cache))
+    again = RetrievalService({"SGE": model}, gallery, tmp_path)  # wrong width: not used
+    assert torch.allclose(again.indexes["SGE"].image_index.vectors, first.indexes["SGE"].image_index.vectors)
+    other = RetrievalService({"CGE": USERModel.from_pretrained(tiny_bundle / "user-cge")}, gallery, tmp_path)
+    assert len(list(tmp_path.glob("emb-*.safetensors"))) == 2  # another checkpoint, another file
+    assert not torch.allclose(other.indexes["CGE"].image_index.vectors, first.indexes["SGE"].image_index.vectors)
+
+
+CONCURRENT_START = """
+import sys
+from app.gallery import load_gallery
+from app.service import load_service
+service = load_service(sys.argv[1], sys.argv[2], load_gallery(sys.argv[3]), sys.argv[4])
+print(float(service.indexes["SGE"].image_index.vectors.sum()))
+"""
+
+
+def test_two_processes_filling_one_cache_do_not_corrupt_it(tiny_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    args = [str(tiny_bundle / "user-sge"), str(tiny_bundle / "user-cge"), str(tiny_bundle / "gallery"), str(tmp_path)]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_START, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".safetensors", ".safetensors"]  # no temporary left
+    warm = load_service(args[0], args[1], load_gallery(args[2]), tmp_path)
+    assert float(warm.indexes["SGE"].image_index.vectors.sum()) == pytest.approx(float(outputs[0][0]), abs=1e-4)
 
 
 def test_precomputed_checkpoint_refuses_uploads(tiny_model, toy_precomp):
