@@ -93,6 +93,8 @@ def round_trips(url: str, queries: list[str], images: list[Path], model: str = "
     with httpx.Client(timeout=60) as client:
         text = [lambda q=q: rest_call(client, url, "search_text", [q, model, 10]) for q in queries]
         image = [lambda p=p: rest_call(client, url, "search_image", [upload(client, url, p), model, 10]) for p in images]
+        # Gradio's own cost of one call: an endpoint that does next to nothing (picks a random caption)
+        out["rest_baseline"] = timed([lambda: rest_call(client, url, "random_query", [])] * len(queries), warmup)
         out["rest_search_text"] = timed(text, warmup)
         out["rest_search_image"] = timed(image, warmup)
     gradio_client = Client(url, verbose=False)

@@ -129,7 +129,7 @@ def report(results: dict) -> str:
                      f"{t['ensemble_search']['p95_ms']:.1f} ms | same | {t['ensemble_ratio']:.2f}x |")
     lines.append(f"| image file → captions + images (SGE) | {i['search']['p50_ms']:.1f} ms | {i['search']['p95_ms']:.1f} ms | "
                  f"{i['bare_clip_visual']['p50_ms']:.1f} ms (CLIP visual forward) | {i['ratio']:.2f}x |")
-    for key, label in (("rest_search_text", "REST /search_text"), ("rest_search_image", "REST upload + /search_image"),
+    for key, label in (("rest_baseline", "REST /random_query (Gradio's own overhead)"), ("rest_search_text", "REST /search_text"), ("rest_search_image", "REST upload + /search_image"),
                        ("client_search_text", "gradio_client /search_text"),
                        ("client_search_image", "gradio_client /search_image")):
         if key in results.get("http", {}):

@@ -1,0 +1,65 @@
+"""The benchmark suite's parts: the cross-attention matcher, the search-scaling harness, REST calls, and a
+quick in-process run on the tiny bundle (timings are reported, never asserted)."""
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import cross_attention, search_scaling
+from benchmarks.http import rest_call, upload
+
+
+def test_batched_scan_matches_the_per_pair_formula():
+    torch.manual_seed(0)
+    regions = F.normalize(torch.randn(5, 7, 16), dim=-1)
+    words = F.normalize(torch.randn(6, 9, 16), dim=-1)
+    lengths = torch.tensor([9, 3, 5, 1, 9, 4])
+    mask = torch.arange(9)[None] < lengths[:, None]
+    batched = cross_attention.scan_scores(regions, words, mask, chunk=4)
+    for i in range(5):
+        for j in range(6):
+            expected = cross_attention.scan_pair(regions[i], words[j, : lengths[j]])
+            assert batched[i, j] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_search_scaling_rows_are_honest():
+    rows = search_scaling.run(sizes=(3000,), dims=(32,), n_queries=20, log=lambda *_: None)
+    by_kind = {row.index: row for row in rows}
+    assert set(by_kind) == {"exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"}
+    assert by_kind["exact"].recall_at_10 == 1.0 and by_kind["faiss-flat"].recall_at_10 == 1.0
+    assert all(0 <= row.recall_at_10 <= 1 and row.p50_ms > 0 for row in rows)
+
+
+def test_clustered_vectors_are_unit_and_reproducible():
+    a = search_scaling.clustered_unit_vectors(100, 24, clusters=5, seed=3)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    assert np.array_equal(a, search_scaling.clustered_unit_vectors(100, 24, clusters=5, seed=3))
+
+
+def test_rest_calls_as_a_browser_makes_them(demo_url):
+    url, service = demo_url
+    url = url.rstrip("/")
+    with httpx.Client(timeout=60) as client:
+        gallery, status, _ = rest_call(client, url, "search_text", [service.gallery.captions[0], "SGE", 3])
+        assert len(gallery) == 3 and "results in" in status
+        image = upload(client, url, service.gallery.image_paths[1])
+        table, gallery, _, _ = rest_call(client, url, "search_image", [image, "CGE", 2])
+        assert len(gallery) == 2
+        with pytest.raises(RuntimeError, match="error"):
+            rest_call(client, url, "search_text", ["", "SGE", 3])
+
+
+def test_quick_in_process_run(tiny_bundle, tmp_path):
+    from benchmarks import run
+
+    out = tmp_path / "bench.json"
+    results = run.main(["--quick", "--skip-http", "--skip-scaling", "--sge", str(tiny_bundle / "user-sge"),
+                        "--cge", str(tiny_bundle / "user-cge"), "--gallery", str(tiny_bundle / "gallery"),
+                        "--json", str(out)])
+    assert json.loads(out.read_text())["text_to_image"]["ratio"] == results["text_to_image"]["ratio"] > 0
+    assert results["cross_attention"]["cross_attention_s"] > 0 and results["gallery_encoding"]["images_per_s"] > 0
+    assert "text → image" in run.report(results)
