@@ -78,6 +78,9 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
     captions = service.gallery.captions
     examples = random.Random(0).sample(captions, min(6, len(captions))) if captions else []
     picker_items = [(str(p), service.gallery.image_ids[i]) for i, p in enumerate((service.gallery.image_paths or [])[:60])]
+    if service.gallery.has_images:
+        # Gallery files are served as they are, not hashed and copied into Gradio's cache on every result.
+        gr.set_static_paths([str(service.gallery.root)])
 
     @gpu
     def search_text(query: str, model: str, k: float):
