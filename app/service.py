@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from model import USERModel
+from model.evaluation import average_similarities
 
 from .gallery import Gallery
 from .index import EmbeddingIndex
@@ -319,7 +320,7 @@ class RetrievalService:
         if len(indexes) == 1:
             scores, idx = indexes[0].search(queries[0], k)
             return list(zip(idx[0].tolist(), scores[0].tolist()))
-        total = sum(q.float() @ ix.vectors.t() for q, ix in zip(queries, indexes)) / len(indexes)  # [1, N]
+        total = average_similarities([q.float() @ ix.vectors.t() for q, ix in zip(queries, indexes)])  # [1, N]
         top = total.topk(min(k, total.size(1)), dim=1)
         return list(zip(top.indices[0].tolist(), top.values[0].tolist()))
 
@@ -444,7 +445,7 @@ class RetrievalService:
         sims = {name: (e.image_index.vectors @ e.caption_index.vectors.t()).cpu() for name, e in self.indexes.items()}
         metrics = {name: retrieval_metrics(s) for name, s in sims.items()}
         if len(sims) > 1:
-            metrics[ENSEMBLE] = retrieval_metrics(sum(sims.values()) / len(sims))
+            metrics[ENSEMBLE] = retrieval_metrics(average_similarities(list(sims.values())))
         return metrics
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .build_default import BuildSettings, train_user
 from .data import load_split
-from .evaluation import encode_split, format_table, retrieval_metrics
+from .evaluation import average_similarities, encode_split, format_table, retrieval_metrics
 from .mini_clip import clip_similarities
 from .user import USERModel
 
@@ -43,7 +43,7 @@ def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool
             rows[f"{enhancement.upper() if enhancement != 'none' else 'no enh.'}{'' if use_queue else ' -queue'}"] = \
                 retrieval_metrics(sims[enhancement])
         if "sge" in sims and "cge" in sims:
-            rows[f"SGE+CGE{'' if use_queue else ' -queue'}"] = retrieval_metrics((sims["sge"] + sims["cge"]) / 2)
+            rows[f"SGE+CGE{'' if use_queue else ' -queue'}"] = retrieval_metrics(average_similarities([sims["sge"], sims["cge"]]))
     return rows
 
 

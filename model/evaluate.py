@@ -15,7 +15,7 @@ import sys
 import torch
 
 from .data import load_split
-from .evaluation import encode_split, five_fold_metrics, format_table, retrieval_metrics
+from .evaluation import average_similarities, encode_split, five_fold_metrics, format_table, retrieval_metrics
 from .user import USERModel
 
 
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
         all_sims.append(sims)
         results[name] = split_metrics(sims)
     if args.ensemble and len(all_sims) > 1:
-        results["ensemble"] = split_metrics(torch.stack(all_sims).mean(0))
+        results["ensemble"] = split_metrics(average_similarities(all_sims))
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()

@@ -7,7 +7,7 @@ image's i2t rank is the best rank among its captions.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -107,15 +107,19 @@ def encode_split(model, split, batch_size: int = 128, text_features=None) -> tup
     return torch.cat(images), torch.cat(captions)
 
 
+def average_similarities(sims: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The paper's ensemble (SGE+CGE): the mean of the models' similarity matrices, all of one shape."""
+    return torch.stack(list(sims)).mean(0)
+
+
 def evaluate_split(models, split, batch_size: int = 128, text_features=None) -> dict[str, float]:
     """Metrics of one model, or of an ensemble (averaged similarities) when given several."""
     models = models if isinstance(models, (list, tuple)) else [models]
-    sims = None
+    sims = []
     for model in models:
         was_training = model.training
         model.eval()
         images, captions = encode_split(model, split, batch_size, text_features)
         model.train(was_training)
-        term = images @ captions.t()
-        sims = term if sims is None else sims + term
-    return retrieval_metrics(sims / len(models))
+        sims.append(images @ captions.t())
+    return retrieval_metrics(average_similarities(sims))
