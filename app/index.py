@@ -11,7 +11,7 @@ import torch
 # cores the exact product costs about 0.12 ms per 1,000 vectors of 256 dims per query (≈ 25 ms at 200k),
 # HNSW well under 1 ms at a million (``python -m benchmarks.run``: the search-scaling table).
 FAISS_THRESHOLD = 200_000
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 64, 128
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 64, 256
 
 
 class EmbeddingIndex:

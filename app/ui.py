@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Optional
 
 import gradio as gr
@@ -78,6 +79,19 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
     captions = service.gallery.captions
     examples = random.Random(0).sample(captions, min(6, len(captions))) if captions else []
     picker_items = [(str(p), service.gallery.image_ids[i]) for i, p in enumerate((service.gallery.image_paths or [])[:60])]
+    index_of = {}  # a gallery file (resolved path, then bare name) -> its index
+    for i, path in enumerate(service.gallery.image_paths or []):
+        index_of[str(Path(path).resolve())] = i
+        index_of.setdefault(Path(path).name, i)
+
+    def gallery_index(value) -> int:
+        image = value.get("image") if isinstance(value, dict) else None
+        path = Path((image or {}).get("path") or "")
+        for key in (str(path.resolve()), path.name):
+            if key in index_of:
+                return index_of[key]
+        raise gr.Error("that image is not part of the gallery")
+
     if service.gallery.has_images:
         # Gallery files are served as they are, not hashed and copied into Gradio's cache on every result.
         gr.set_static_paths([str(service.gallery.root)])
@@ -88,7 +102,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
             result = service.search_text(query, model, k)
         except Exception as err:
             raise _user_error(err) from err
-        return _image_items(result.images), _status(result), [h.index for h in result.images]
+        return _image_items(result.images), _status(result)
 
     @gpu
     def search_image(image: Optional[str], model: str, k: float):
@@ -96,7 +110,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
             result = service.search_image(image, model, k)
         except Exception as err:
             raise _user_error(err) from err
-        return _caption_rows(result.captions), _image_items(result.images), _status(result, False), [h.index for h in result.images]
+        return _caption_rows(result.captions), _image_items(result.images), _status(result, False)
 
     @gpu
     def search_gallery_image(index: float, model: str, k: float):
@@ -105,7 +119,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
         except Exception as err:
             raise _user_error(err) from err
         path = str(service.gallery.image_paths[int(index)]) if service.gallery.has_images else None
-        return path, _caption_rows(result.captions), _image_items(result.images), _status(result), [h.index for h in result.images]
+        return path, _caption_rows(result.captions), _image_items(result.images), _status(result)
 
     @gpu
     def compare(query: str, image: Optional[str], k: float):
@@ -172,7 +186,6 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(INTRO)
-        text_hits, image_hits = gr.State([]), gr.State([])
         with gr.Tabs() as tabs:
             with gr.Tab("Text → Image", id="text"):
                 with gr.Row():
@@ -227,25 +240,25 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
                 about_text = gr.Markdown()
                 refresh = gr.Button("Refresh")
 
-        text_outputs = [text_gallery, text_status, text_hits]
+        text_outputs = [text_gallery, text_status]
         search_button.click(search_text, [query, model_text, k_text], text_outputs, api_name="search_text")
         query.submit(search_text, [query, model_text, k_text], text_outputs, api_visibility="private")
         random_button.click(random_query, None, query, api_name="random_query")
-        image_outputs = [caption_table, image_gallery, image_status, image_hits]
+        image_outputs = [caption_table, image_gallery, image_status]
         image_button.click(search_image, [query_image, model_image, k_image], image_outputs, api_name="search_image")
-        gallery_outputs = [query_image, caption_table, image_gallery, image_status, image_hits]
+        gallery_outputs = [query_image, caption_table, image_gallery, image_status]
         api_pick = gr.Button(visible=False)
         api_pick.click(search_gallery_image, [picked_index, model_image, k_image], gallery_outputs,
                        api_name="search_gallery_image")
 
-        def search_selected(hits: list[int], model: str, k: float, evt: gr.SelectData):
-            """A click on any gallery image (picker or results) searches from that image."""
-            return (*search_gallery_image(hits[evt.index], model, k), gr.Tabs(selected="image"))
+        def search_selected(model: str, k: float, evt: gr.SelectData):
+            """A click on any gallery image (picker or results) searches from that image. The clicked item
+            names its file, so no per-session state is kept (API calls would each leave one behind)."""
+            return (*search_gallery_image(gallery_index(evt.value), model, k), gr.Tabs(selected="image"))
 
-        picker_hits = gr.State(list(range(len(picker_items))))
         select_outputs = [*gallery_outputs, tabs]
-        for source, hits in ((picker, picker_hits), (text_gallery, text_hits), (image_gallery, image_hits)):
-            source.select(search_selected, [hits, model_image, k_image], select_outputs, api_visibility="private")
+        for source in (picker, text_gallery, image_gallery):
+            source.select(search_selected, [model_image, k_image], select_outputs, api_visibility="private")
         compare_button.click(compare, [compare_text, compare_image, k_compare], [sge_gallery, cge_gallery, compare_summary],
                              api_name="compare")
         attention_button.click(attention, attention_image, [sge_guide, sge_enhance, cge_guide, cge_enhance],

@@ -119,13 +119,35 @@ def run(args) -> dict:
     return results
 
 
+def rest_session(url: str, n_requests: int, seed: int, captions: list[str], images: list[Path]) -> int:
+    """A light client (plain HTTP, as a browser or curl) sending mixed requests; returns its error count."""
+    from .http import rest_call, upload
+
+    rng, errors = random.Random(seed), 0
+    with httpx.Client(timeout=120) as client:
+        for _ in range(n_requests):
+            kind, model = rng.choice(KINDS), rng.choice(["SGE", "CGE", "Ensemble"])
+            try:
+                if kind == "text":
+                    rest_call(client, url, "search_text", [rng.choice(captions), model, 10])
+                elif kind == "image":
+                    rest_call(client, url, "search_image", [upload(client, url, rng.choice(images)), model, 5])
+                else:
+                    rest_call(client, url, "compare", [rng.choice(captions), None, 8])
+            except Exception:  # noqa: BLE001 -- counted
+                errors += 1
+    return errors
+
+
 def memory_phase(url: str, pid: int, args, captions, images) -> dict:
-    """Server RSS after each tenth of ``memory_requests`` more requests; growth from the first sample to the last."""
+    """Server RSS after each tenth of ``memory_requests`` more requests (plain HTTP clients, so that the
+    server, not the load generator, sets the pace); growth from the first sample to the last."""
     rounds, per_round = 10, max(1, args.memory_requests // 10 // args.clients)
     samples, errors = [], 0
     for r in range(rounds):
-        records = load_phase(url, args.clients, per_round, captions, images, seed=1000 * (r + 1))
-        errors += sum(1 for record in records if record["error"])
+        with ThreadPoolExecutor(max_workers=args.clients) as pool:
+            errors += sum(pool.map(lambda i: rest_session(url, per_round, 1000 * (r + 1) + i, captions, images),
+                                   range(args.clients)))
         samples.append(round(rss_bytes(pid) / 2**20, 1))
         print(f"memory: {(r + 1) * per_round * args.clients} requests, server RSS {samples[-1]} MB", flush=True)
     return {"requests": rounds * per_round * args.clients, "errors": errors, "rss_mb": samples,

@@ -37,6 +37,10 @@ def test_a_user_searches_and_visits_every_tab(demo_url, tmp_path):
         assert results.count() >= 5
         page.screenshot(path=str(shots / "tab-text.png"), full_page=True)
 
+        page.locator("button.thumbnail-item:visible").first.click()  # a result image searches from itself
+        expect(page.get_by_text("Captions found")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("ground-truth image is at rank 1")).to_be_visible(timeout=30_000)
+
         page.get_by_role("tab", name="Image → Text / Image").click()
         page.locator("button.thumbnail-item:visible").nth(1).click()  # pick a gallery image
         page.wait_for_timeout(3000)

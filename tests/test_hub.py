@@ -165,3 +165,31 @@ def test_push_to_hub_uploads_the_published_folder(tmp_path, tiny_model, monkeypa
     assert uploaded["repo_id"] == "someone/user-tiny"
     assert {"config.json", "model.safetensors", "README.md"} <= set(uploaded["files"])
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in uploaded["files"])
+
+
+class RunsCode:
+    """A pickle payload that would create a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_posing_as_safetensors_is_refused_without_running_it(tmp_path, tiny_model):
+    folder = tmp_path / "ckpt"
+    tiny_model.save_pretrained(folder)
+    marker = tmp_path / "pwned"
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"state": RunsCode(marker)}))
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        USERModel.from_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_missing_config_is_named(tmp_path, tiny_model):
+    folder = tmp_path / "ckpt"
+    tiny_model.save_pretrained(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        USERModel.from_pretrained(folder)
