@@ -56,6 +56,8 @@ service, demo = create_demo(ARGS)
 
 if __name__ == "__main__":
     allowed = [str(Path(ARGS.gallery).resolve())]
+    # Every API call is a new Gradio session holding a copy of the page's component configs (~0.3 MB here):
+    # keep the newest 128 rather than Gradio's default 10,000, so memory stays flat under API traffic.
     demo.queue(default_concurrency_limit=4, max_size=64).launch(
-        share=ARGS.share, allowed_paths=allowed, max_file_size="20mb", css=CSS
+        share=ARGS.share, allowed_paths=allowed, max_file_size="20mb", css=CSS, state_session_capacity=128
     )

@@ -119,14 +119,15 @@ def run(args) -> dict:
     return results
 
 
-def rest_session(url: str, n_requests: int, seed: int, captions: list[str], images: list[Path]) -> int:
-    """A light client (plain HTTP, as a browser or curl) sending mixed requests; returns its error count."""
+def rest_session(url: str, n_requests: int, seed: int, captions: list[str], images: list[Path]) -> list[dict]:
+    """A light client (plain HTTP, as a browser or curl) sending mixed requests; one record per request."""
     from .http import rest_call, upload
 
-    rng, errors = random.Random(seed), 0
+    rng, records = random.Random(seed), []
     with httpx.Client(timeout=120) as client:
         for _ in range(n_requests):
             kind, model = rng.choice(KINDS), rng.choice(["SGE", "CGE", "Ensemble"])
+            started, error = time.perf_counter(), None
             try:
                 if kind == "text":
                     rest_call(client, url, "search_text", [rng.choice(captions), model, 10])
@@ -134,23 +135,25 @@ def rest_session(url: str, n_requests: int, seed: int, captions: list[str], imag
                     rest_call(client, url, "search_image", [upload(client, url, rng.choice(images)), model, 5])
                 else:
                     rest_call(client, url, "compare", [rng.choice(captions), None, 8])
-            except Exception:  # noqa: BLE001 -- counted
-                errors += 1
-    return errors
+            except Exception as err:  # noqa: BLE001 -- counted and reported
+                error = f"{type(err).__name__}: {err}"[:200]
+            records.append({"kind": kind, "seconds": time.perf_counter() - started, "error": error})
+    return records
 
 
 def memory_phase(url: str, pid: int, args, captions, images) -> dict:
     """Server RSS after each tenth of ``memory_requests`` more requests (plain HTTP clients, so that the
     server, not the load generator, sets the pace); growth from the first sample to the last."""
     rounds, per_round = 10, max(1, args.memory_requests // 10 // args.clients)
-    samples, errors = [], 0
+    samples, records, started = [], [], time.perf_counter()
     for r in range(rounds):
         with ThreadPoolExecutor(max_workers=args.clients) as pool:
-            errors += sum(pool.map(lambda i: rest_session(url, per_round, 1000 * (r + 1) + i, captions, images),
-                                   range(args.clients)))
+            sessions = pool.map(lambda i: rest_session(url, per_round, 1000 * (r + 1) + i, captions, images),
+                                range(args.clients))
+            records += [record for session in sessions for record in session]
         samples.append(round(rss_bytes(pid) / 2**20, 1))
         print(f"memory: {(r + 1) * per_round * args.clients} requests, server RSS {samples[-1]} MB", flush=True)
-    return {"requests": rounds * per_round * args.clients, "errors": errors, "rss_mb": samples,
+    return {**summary(records, time.perf_counter() - started), "rss_mb": samples,
             "growth_percent": round(100 * (samples[-1] - samples[0]) / samples[0], 2)}
 
 

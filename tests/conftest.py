@@ -136,6 +136,7 @@ def demo_url(tiny_bundle, tmp_path_factory):
     demo = build_demo(service)
     demo.queue(default_concurrency_limit=4, max_size=64)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
-                            allowed_paths=[str(gallery.root)], max_file_size="20mb", css=CSS)
+                            allowed_paths=[str(gallery.root)], max_file_size="20mb", css=CSS,
+                            state_session_capacity=128)
     yield url, service
     demo.close()
