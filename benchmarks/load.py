@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import tempfile
 import threading
@@ -144,7 +145,7 @@ def rest_session(url: str, n_requests: int, seed: int, captions: list[str], imag
 def memory_phase(url: str, pid: int, args, captions, images) -> dict:
     """Server RSS after each tenth of ``memory_requests`` more requests (plain HTTP clients, so that the
     server, not the load generator, sets the pace); growth from the first sample to the last."""
-    rounds, per_round = 10, max(1, args.memory_requests // 10 // args.clients)
+    rounds, per_round = 10, max(1, math.ceil(args.memory_requests / 10 / args.clients))
     samples, records, started = [], [], time.perf_counter()
     for r in range(rounds):
         with ThreadPoolExecutor(max_workers=args.clients) as pool:
