@@ -44,10 +44,10 @@ def test_rest_calls_as_a_browser_makes_them(demo_url):
     url, service = demo_url
     url = url.rstrip("/")
     with httpx.Client(timeout=60) as client:
-        gallery, status, _ = rest_call(client, url, "search_text", [service.gallery.captions[0], "SGE", 3])
+        gallery, status = rest_call(client, url, "search_text", [service.gallery.captions[0], "SGE", 3])
         assert len(gallery) == 3 and "results in" in status
         image = upload(client, url, service.gallery.image_paths[1])
-        table, gallery, _, _ = rest_call(client, url, "search_image", [image, "CGE", 2])
+        table, gallery, _ = rest_call(client, url, "search_image", [image, "CGE", 2])
         assert len(gallery) == 2
         with pytest.raises(RuntimeError, match="error"):
             rest_call(client, url, "search_text", ["", "SGE", 3])
