@@ -38,6 +38,7 @@ MAX_QUERY_CHARS = 1000  # longer text is cut here (and then to the model's token
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 ENSEMBLE = "Ensemble"
+MEMO_LIMIT = 20_000  # gallery images up to which backbone outputs are shared between models at start-up
 
 
 class QueryError(ValueError):
@@ -199,7 +200,9 @@ class RetrievalService:
         for caption, image in zip(gallery.captions, gallery.caption_image):
             self._caption_images.setdefault(normalise_caption(caption), set()).add(int(image))
         share_frozen_parts(list(models.values()))
-        self._memo: dict = {}  # frozen-backbone outputs for the gallery, shared by the models while embedding
+        # Frozen-backbone outputs (CLIP regions, MiniLM states) of the gallery, kept while the models embed it
+        # so that models sharing a backbone run it once; only for galleries small enough to hold them.
+        self._memo: Optional[dict] = {} if len(gallery) <= MEMO_LIMIT else None
         for name, model in models.items():
             model = model.to(self.device).eval()
             started = time.time()
@@ -207,7 +210,7 @@ class RetrievalService:
             caption_index = EmbeddingIndex(captions, index_kind) if len(captions) else None
             self.indexes[name] = ModelIndex(name, model, EmbeddingIndex(images, index_kind), caption_index)
             self.build_seconds[name] = time.time() - started
-        self._memo.clear()
+        self._memo = None
 
     # ------------------------------------------------------------------------------- gallery
     @property
@@ -274,17 +277,19 @@ class RetrievalService:
         """Image files -> [N, E]: decode, preprocess, CLIP, USER's image tower, in batches. The regions
         are looked up in / stored into ``memo`` (models sharing a CLIP extract them once)."""
         batches = [paths[start : start + self.batch_size] for start in range(0, len(paths), self.batch_size)]
-        extractor, memo = model.region_extractor, {} if memo is None else memo
-        todo = [batch for batch in batches if (model.region_extractor_key(), tuple(batch)) not in memo]
+        extractor, known = model.region_extractor, memo if memo is not None else {}
+        keys = [(model.region_extractor_key(), tuple(batch)) for batch in batches]
+        todo = [batch for batch, key in zip(batches, keys) if key not in known]
         # Decoding and preprocessing (PIL, which releases the GIL) of the next batch overlaps the model's work.
         pixels = prefetch(lambda batch: extractor.pixels([open_image(p) for p in batch]), todo)
         chunks = []
         with self._autocast():
-            for batch in tqdm(batches, desc="gallery images", unit="batch", disable=len(batches) <= 1):
-                key = (model.region_extractor_key(), tuple(batch))
-                if key not in memo:
-                    memo[key] = extractor.from_pixels(next(pixels))
-                regions = memo[key]
+            for batch, key in tqdm(list(zip(batches, keys)), desc="gallery images", unit="batch", disable=len(batches) <= 1):
+                regions = known.get(key)
+                if regions is None:
+                    regions = extractor.from_pixels(next(pixels))
+                    if memo is not None:
+                        memo[key] = regions
                 chunks.append(model.encode_regions(regions.features, regions.lengths, regions.clip_embeds).float())
         return torch.cat(chunks) if chunks else torch.empty(0, model.config.embed_dim, device=self.device)
 
