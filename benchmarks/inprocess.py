@@ -9,7 +9,7 @@ import torch
 
 from app.service import ENSEMBLE, RetrievalService, open_image
 
-from .timing import chunks, time_paired  # noqa: F401 (chunks is used by run)
+from .timing import chunks, time_paired
 
 
 def sample_captions(service: RetrievalService, n: int, seed: int = 0) -> list[str]:

@@ -21,10 +21,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import torch  # noqa: E402
 
 from app.gallery import Gallery, load_gallery  # noqa: E402
-from app.service import load_service  # noqa: E402
+from app.service import load_service, open_image  # noqa: E402
 
 from . import cross_attention, http, inprocess, search_scaling  # noqa: E402
-from .timing import machine  # noqa: E402
+from .timing import chunks, machine  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -54,8 +54,8 @@ def cross_attention_inputs(service, n_images: int, n_captions: int, model: str =
     """Backbone outputs for the first images and captions of the gallery (not timed: both methods need them)."""
     user = service.indexes[model].model
     regions, guides = [], []
-    for batch in inprocess.chunks(service.gallery.image_paths[:n_images], 64):
-        extracted = user.extract_regions([inprocess.open_image(p) for p in batch])
+    for batch in chunks(service.gallery.image_paths[:n_images], 64):
+        extracted = user.extract_regions([open_image(p) for p in batch])
         regions.append(extracted.features.cpu())
         guides.append(extracted.clip_embeds.cpu())
     input_ids, lengths = user.tokenize(service.gallery.captions[:n_captions])
