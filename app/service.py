@@ -351,16 +351,19 @@ class RetrievalService:
         return set(self._caption_images.get(normalise_caption(text), ()))
 
     @torch.inference_mode()
-    def search_text(self, query, model: str, k=10) -> SearchResult:
+    def search_text(self, query, model: str, k=10, memo: Optional[dict] = None) -> SearchResult:
+        """``memo``: frozen-backbone states shared between calls for the same text (``compare``)."""
         started = time.perf_counter()
         text, note = clean_query(query)
         k = parse_top_k(k, len(self.gallery))
         entries = self._models_for(model)
-        memo: dict = {}
+        memo = {} if memo is None else memo
         queries = [self._encode_texts(entry.model, [text], memo) for entry in entries]
         for entry in entries:
             limit = entry.model.config.max_text_length
-            if not note and entry.model.count_tokens(text) > limit:
+            # A token covers at least one non-space character, so a short query cannot have been cut.
+            could_be_cut = len(text.replace(" ", "")) + 2 > limit  # + [CLS] and [SEP]
+            if not note and could_be_cut and entry.model.count_tokens(text) > limit:
                 note = f"the query was cut to the model's {limit} tokens"
         hits = self._image_hits(self._rank(entries, queries, k, captions=False), self.ground_truth_of_text(text))
         return SearchResult(hits, note=note, seconds=self._timed("text", started))
@@ -402,7 +405,8 @@ class RetrievalService:
     def compare(self, text=None, image=None, k=10, gallery_index: Optional[int] = None) -> dict:
         """Every model's top-k for one query, with how much they agree."""
         if text is not None and str(text).strip():
-            results = {name: self.search_text(text, name, k) for name in self.indexes}
+            memo: dict = {}  # the models' shared text backbone runs once for both
+            results = {name: self.search_text(text, name, k, memo) for name in self.indexes}
             truth = self.ground_truth_of_text(clean_query(text)[0])
         else:
             results = {name: self.search_image(image, name, k, gallery_index) for name in self.indexes}

@@ -270,3 +270,14 @@ def test_shared_frozen_parts_give_the_models_own_embeddings(service):
         entry = service.indexes[name]
         assert torch.allclose(entry.caption_index.vectors[:9], entry.model.encode_texts(captions), atol=1e-5)
         assert torch.allclose(entry.image_index.vectors[:4], entry.model.encode_images(images), atol=1e-5)
+
+
+def test_compare_runs_the_shared_text_backbone_once(service):
+    bert = service.indexes["SGE"].model.txt_enc.bert
+    calls = []
+    handle = bert.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        summary = service.compare(text="a small red circle", k=3)
+    finally:
+        handle.remove()
+    assert calls == [1] and set(summary["results"]) == {"SGE", "CGE"}
