@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .build_default import BuildSettings, train_user
-from .data import load_split
+from .build_default import BuildSettings, run_side_by_side, train_user
+from .data import frozen_text_features, load_split
 from .evaluation import average_similarities, encode_split, format_table, retrieval_metrics
 from .mini_clip import clip_similarities
 from .user import USERModel
@@ -23,27 +23,34 @@ from .user import USERModel
 
 def test_similarities(best: Path, data: Path) -> torch.Tensor:
     model = USERModel.from_pretrained(best)
-    images, captions = encode_split(model, load_split(data, "test", model.region_extractor))
+    test = load_split(data, "test", model.region_extractor)
+    features = frozen_text_features(model, test.captions, data / "cache")  # cached: MiniLM runs once
+    images, captions = encode_split(model, test, text_features=features)
     return images @ captions.t()
 
 
 def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool = True) -> dict[str, dict[str, float]]:
     data = work / "scenes"
+    variants = [(enhancement, use_queue) for use_queue in (False, True) for enhancement in ("none", "sge", "cge")]
+
+    def best_of(enhancement: str, use_queue: bool) -> Path:
+        return work / "runs" / f"{enhancement}{'' if use_queue else '-noqueue'}" / "best"
+
+    missing = [v for v in variants if not (best_of(*v) / "model.safetensors").is_file()]
+    if train_missing and missing:
+        run_side_by_side([(train_user, settings, data, clip_dir, work / "runs", *v) for v in missing], settings.jobs)
     rows: dict[str, dict[str, float]] = {"mini CLIP alone": retrieval_metrics(clip_similarities(f"local-dir:{clip_dir}", data))}
     for use_queue in (False, True):
-        suffix = "" if use_queue else "-noqueue"
+        suffix = "" if use_queue else " -queue"
         sims = {}
         for enhancement in ("none", "sge", "cge"):
-            best = work / "runs" / f"{enhancement}{suffix}" / "best"
+            best = best_of(enhancement, use_queue)
             if not (best / "model.safetensors").is_file():
-                if not train_missing:
-                    continue
-                best = train_user(settings, data, clip_dir, work / "runs", enhancement, use_queue)
+                continue
             sims[enhancement] = test_similarities(best, data)
-            rows[f"{enhancement.upper() if enhancement != 'none' else 'no enh.'}{'' if use_queue else ' -queue'}"] = \
-                retrieval_metrics(sims[enhancement])
+            rows[f"{enhancement.upper() if enhancement != 'none' else 'no enh.'}{suffix}"] = retrieval_metrics(sims[enhancement])
         if "sge" in sims and "cge" in sims:
-            rows[f"SGE+CGE{'' if use_queue else ' -queue'}"] = retrieval_metrics(average_similarities([sims["sge"], sims["cge"]]))
+            rows[f"SGE+CGE{suffix}"] = retrieval_metrics(average_similarities([sims["sge"], sims["cge"]]))
     return rows
 
 

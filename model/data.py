@@ -231,6 +231,37 @@ class CaptionPairs(torch.utils.data.Dataset):
         return regions, clip, ids, hidden
 
 
+    def batch(self, indices: Sequence[int]):
+        """The batch ``collate_pairs`` would make of these items, gathered with one index per array
+        when the text features are precomputed (nothing is tokenized then: input_ids is None)."""
+        if self.text_features is None:
+            return collate_pairs([self[i] for i in indices])
+        images = np.asarray(indices) // CAPTIONS_PER_IMAGE
+        regions = torch.from_numpy(np.asarray(self.split.regions[images], dtype=np.float32))  # [B, R, D]
+        region_lengths = torch.full((len(images),), regions.size(1), dtype=torch.long)
+        clip = None if self.split.clip_embeds is None else torch.from_numpy(
+            np.asarray(self.split.clip_embeds[images], dtype=np.float32))  # [B, C]
+        rows = [self.text_features[i] for i in indices]
+        text_lengths = torch.tensor([len(row) for row in rows])
+        hidden = np.zeros((len(rows), int(text_lengths.max()), rows[0].shape[1]), dtype=np.float32)  # [B, L, H]
+        for i, row in enumerate(rows):
+            hidden[i, : len(row)] = row
+        return regions, region_lengths, None, text_lengths, clip, torch.from_numpy(hidden)
+
+
+class CaptionBatches(torch.utils.data.Dataset):
+    """Batches of CaptionPairs by index lists: pair with a BatchSampler and ``batch_size=None``."""
+
+    def __init__(self, pairs: CaptionPairs):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, indices: Sequence[int]):
+        return self.pairs.batch(indices)
+
+
 def collate_pairs(items):
     """-> regions [B, R, D], region lengths [B], input_ids [B, L] (pad 0), text lengths [B],
     clip embeddings [B, C] or None, backbone hidden states [B, L, H] or None."""

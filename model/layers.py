@@ -125,7 +125,12 @@ class GPO(nn.Module):
         lengths = lengths.to(features.device).long()
         weights = self.pool_weights(lengths).to(features.dtype)
         max_len = weights.size(1)
+        features = features[:, :max_len, :]
         mask = length_mask(lengths, max_len).unsqueeze(-1)
-        features = features[:, :max_len, :].masked_fill(~mask, MASKED_SCORE)
-        sorted_features = sort_descending(features, dim=1).masked_fill(~mask, 0)
+        padded = not bool(mask.all())  # images: every region is valid, no masking to do
+        if padded:
+            features = features.masked_fill(~mask, MASKED_SCORE)
+        sorted_features = sort_descending(features, dim=1)
+        if padded:
+            sorted_features = sorted_features.masked_fill(~mask, 0)
         return (sorted_features * weights).sum(dim=1), weights

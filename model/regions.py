@@ -56,7 +56,10 @@ class ClipGridExtractor:
         model.visual.output_tokens = True
         self.visual = model.visual
         self.preprocess = preprocess
-        self._pil_steps, self._mean, self._std = split_preprocess(preprocess)
+        self._pil_steps, mean, std = split_preprocess(preprocess)
+        if self._pil_steps is not None:
+            self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
+            self._input_size = identity_size(self._pil_steps)
 
     @property
     def device(self) -> torch.device:
@@ -69,12 +72,15 @@ class ClipGridExtractor:
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> preprocessed pixels [B, 3, H, W]: the PIL steps (resize, crop) per image, then
         to-tensor and normalisation once for the whole batch (the same numbers, half the time)."""
-        images = [image.convert("RGB") for image in images]
+        images = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
         if self._pil_steps is None:
             return torch.stack([self.preprocess(image) for image in images])
-        arrays = np.stack([np.asarray(self._pil_steps(image), dtype=np.uint8) for image in images])  # [B, H, W, 3]
-        pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255)
-        return (pixels - self._mean) / self._std
+        arrays = np.stack([
+            np.asarray(image if image.size == self._input_size else self._pil_steps(image), dtype=np.uint8)
+            for image in images
+        ])  # [B, H, W, 3]; an image already at the input size needs no resize or crop
+        pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float()
+        return torch.addcmul(self._shift, pixels, self._scale)  # (x / 255 - mean) / std in one pass
 
     @torch.no_grad()
     def from_pixels(self, pixels: torch.Tensor) -> Regions:
@@ -99,6 +105,28 @@ def split_preprocess(preprocess):
     mean = torch.tensor(steps[-1].mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(steps[-1].std, dtype=torch.float32).view(1, 3, 1, 1)
     return transforms.Compose(steps[:-2]), mean, std
+
+
+def identity_size(pil_steps) -> Optional[tuple[int, int]]:
+    """(W, H) of the RGB images the PIL steps leave as they are (Resize(S) then CenterCrop(S) of an S x S
+    image), or None when that cannot be told from the steps."""
+    from torchvision import transforms
+
+    sizes = set()
+    for step in pil_steps.transforms:
+        if isinstance(step, transforms.Resize) and step.max_size is None:
+            size = step.size
+        elif isinstance(step, transforms.CenterCrop):
+            size = step.size
+        elif type(step).__name__ == "MaybeConvertMode":  # open_clip's mode conversion: RGB stays RGB
+            continue
+        else:
+            return None
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        sizes.add(size if len(size) == 2 else (size[0], size[0]))
+    if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
+        return None
+    return next(iter(sizes))
 
 
 class PrecomputedRegions:

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from .backbones import text_config_of
 from .config import USERConfig
-from .data import CaptionPairs, collate_pairs, frozen_text_features, load_split
+from .data import CaptionBatches, CaptionPairs, frozen_text_features, load_split
 from .evaluation import evaluate_split
 from .loss import UTO
 from .moco import MomentumUSER
@@ -48,7 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--embed-dim", type=int, default=1024)
     p.add_argument("--max-text-length", type=int, default=64)
     p.add_argument("--epochs", type=int, default=25)
-    p.add_argument("--lr-update", type=int, default=15, help="epochs before the learning rate drops x0.1")
+    p.add_argument("--lr-update", type=int, default=15, help="epochs before the learning rate drops x0.1 (step schedule)")
+    p.add_argument("--lr-schedule", choices=["step", "cosine"], default="step",
+                   help="step: the release's x0.1 drop after --lr-update epochs; cosine: linear warm-up over "
+                        "--warmup-steps, then cosine decay to 0 at the last step (converges in fewer epochs)")
+    p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--backbone-lr-scale", type=float, default=0.1)
@@ -124,15 +128,25 @@ def make_optimizer(model: USERModel, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
 
-def set_epoch_lr(optimizer: torch.optim.Optimizer, args, epoch: int) -> None:
-    decay = 0.1 if epoch >= args.lr_update else 1.0
+def lr_factor(args, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``epoch``."""
+    if args.lr_schedule == "step":
+        return 0.1 if epoch >= args.lr_update else 1.0
+    done, total = epoch * steps_per_epoch + step, args.epochs * steps_per_epoch
+    if done < args.warmup_steps:
+        return (done + 1) / args.warmup_steps
+    progress = (done - args.warmup_steps) / max(1, total - args.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, args, factor: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = args.lr * group["lr_scale"] * decay
+        group["lr"] = args.lr * group["lr_scale"] * factor
 
 
 def reseed_worker(_: int) -> None:
     info = torch.utils.data.get_worker_info()
-    info.dataset.rng.seed(info.seed)
+    info.dataset.pairs.rng.seed(info.seed)
 
 
 def train_epoch(moco, trainer, loader, optimizer, args, device, epoch: int, is_main: bool) -> float:
@@ -142,6 +156,7 @@ def train_epoch(moco, trainer, loader, optimizer, args, device, epoch: int, is_m
     for step, batch in enumerate(bar):
         if step >= steps:
             break
+        set_lr(optimizer, args, lr_factor(args, epoch, step, steps))
         batch = [None if x is None else x.to(device) for x in batch]
         loss, parts = trainer(*batch)
         optimizer.zero_grad(set_to_none=True)
@@ -210,14 +225,13 @@ def main(argv=None) -> dict:
             text_features = frozen_text_features(model, train_split.captions, cache)
     pairs = CaptionPairs(train_split, model.tokenizer, config.max_text_length, augment=not args.no_augment,
                          seed=args.seed, text_features=text_features)
-    sampler = DistributedSampler(pairs, seed=args.seed, drop_last=True) if world > 1 else None
-    loader = DataLoader(pairs, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                        num_workers=args.workers, collate_fn=collate_pairs, worker_init_fn=reseed_worker)
+    sampler = DistributedSampler(pairs, seed=args.seed, drop_last=True) if world > 1 else RandomSampler(pairs)
+    loader = DataLoader(CaptionBatches(pairs), sampler=BatchSampler(sampler, args.batch_size, drop_last=True),
+                        batch_size=None, num_workers=args.workers, worker_init_fn=reseed_worker)
     history = []
     for epoch in range(start_epoch, args.epochs):
-        if sampler is not None:
+        if world > 1:
             sampler.set_epoch(epoch)
-        set_epoch_lr(optimizer, args, epoch)
         started = time.time()
         mean_loss = train_epoch(moco, trainer, loader, optimizer, args, device, epoch, is_main)
         if is_main:

@@ -35,8 +35,12 @@ def test_extractor_gives_patch_tokens_and_unit_clip_embeddings(clip_checkpoint_d
 
 def test_batched_preprocessing_equals_open_clips_own(clip_checkpoint_dir):
     extractor = ClipGridExtractor(f"local-dir:{clip_checkpoint_dir / 'clip'}")
-    batch = images() + [Image.new("L", (9, 9)), Image.new("RGBA", (20, 10))]
+    size = extractor.visual.image_size
+    size = size if isinstance(size, int) else size[0]
+    at_input_size = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    batch = images() + [Image.new("L", (9, 9)), Image.new("RGBA", (20, 10)), at_input_size]
     assert extractor._pil_steps is not None  # open_clip's pipeline is recognised, so the fast path runs
+    assert extractor._input_size == (size, size)  # images of this size skip resize and crop
     expected = torch.stack([extractor.preprocess(image.convert("RGB")) for image in batch])
     assert torch.allclose(extractor.pixels(batch), expected, atol=1e-6)
 

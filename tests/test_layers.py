@@ -70,7 +70,11 @@ def test_sge_guide_is_a_unit_convex_combination():
 def test_cge_guide_is_projected_clip_embedding(tiny_bert):
     cge = ClipGuidedEnhancement(12, 6)
     clip = torch.randn(2, 12)
-    assert torch.allclose(cge(clip), l2norm(cge.proj(clip)))
+    assert torch.allclose(cge(clip), 6**0.5 * l2norm(cge.proj(clip)))  # starts at the regions' scale √D
+    with torch.no_grad():
+        cge.scale.fill_(2.0)
+    assert torch.allclose(cge(clip).norm(dim=1), torch.full((2,), 2.0), atol=1e-5)
+    assert cge.scale in set(cge.parameters())  # learned
     encoder = ImageEncoder(make_config(tiny_bert, enhancement="cge", clip_dim=12)).eval()
     with pytest.raises(ValueError, match="clip_embeds"):
         encoder(torch.randn(2, 6, 24), torch.tensor([6, 6]))
@@ -110,3 +114,16 @@ def test_gpo_inference_table_matches_the_gru_and_follows_weight_changes():
     gpo.load_state_dict(GPO(16, 8).state_dict())
     with torch.no_grad():
         assert torch.allclose(gpo.pool_weights(lengths), gpo._compute_weights(lengths), atol=1e-6)
+
+
+def test_dropout_keeps_the_expected_share_and_scale():
+    from model.enhancement import Dropout
+
+    torch.manual_seed(0)
+    dropout = Dropout(0.4)
+    x = torch.ones(200, 500)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.6) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.6))
+    assert torch.equal(dropout.eval()(x), x)

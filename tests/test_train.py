@@ -89,3 +89,31 @@ def test_cached_text_features_equal_the_live_backbone(toy_precomp, tiny_bert, tm
         live = model.txt_enc(ids, lengths)
         cached = model.txt_enc(ids, lengths, hidden)
     assert torch.allclose(live, cached, atol=2e-3)  # float16 storage
+
+
+def test_learning_rate_schedules():
+    step = train.parse_args(["--data", "d", "--out", "o", "--epochs", "4", "--lr-update", "2"])
+    assert [train.lr_factor(step, epoch, 5, 10) for epoch in range(4)] == [1.0, 1.0, 0.1, 0.1]
+    cosine = train.parse_args(["--data", "d", "--out", "o", "--epochs", "2", "--lr-schedule", "cosine", "--warmup-steps", "4"])
+    factors = [train.lr_factor(cosine, epoch, step, 10) for epoch in range(2) for step in range(10)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]  # linear warm-up
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))  # then never rises
+    assert factors[-1] < 0.01 and abs(factors[4 + 8] - 0.5) < 1e-9  # half-way through the decay: 0.5
+
+
+def test_batched_pairs_equal_collated_items(toy_precomp, tiny_bert, tmp_path):
+    """The fast batch path (precomputed text features, one gather per array) gives what collating
+    the items one by one gives."""
+    from model.data import CaptionPairs, collate_pairs, frozen_text_features, load_split
+    from conftest import make_config
+
+    split = load_split(toy_precomp, "train")
+    model = USERModel(make_config(tiny_bert, freeze_text_backbone=True)).eval()
+    features = frozen_text_features(model, split.captions)
+    slow = CaptionPairs(split, model.tokenizer, model.config.max_text_length, text_features=features)
+    indices = [7, 0, 23, 11, 5]
+    regions, region_lengths, input_ids, text_lengths, clip, hidden = collate_pairs([slow[i] for i in indices])
+    fast = slow.batch(indices)
+    assert fast[2] is None  # nothing tokenized
+    for expected, got in zip((regions, region_lengths, text_lengths, hidden), (fast[0], fast[1], fast[3], fast[5])):
+        assert torch.equal(expected, got)
