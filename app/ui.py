@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
+import types
 from pathlib import Path
 from typing import Optional
 
 import gradio as gr
+import gradio.blocks
 
 from .attention import attention_maps
 from .service import ENSEMBLE, Hit, QueryError, RetrievalService, open_image
@@ -71,9 +75,35 @@ def top_k_slider(maximum: int, value: int) -> gr.Slider:
                         "how many results must be a whole number, got {payload}")
 
 
+def cache_component_signatures() -> None:
+    """Make Gradio's per-session set-up cheap: every API call without a session (curl, REST clients) gets a
+    new session, and Gradio builds it the config of every component on the page, calling
+    ``inspect.signature(cls.__init__)`` for each — ~0.5 ms apiece, 56 components here, so most of the
+    fixed cost of a REST call. A class's signature never changes, so ``gradio.blocks`` is given an
+    ``inspect`` whose ``signature`` is memoised; every other name is the standard module's."""
+    if gradio.blocks.inspect is not inspect:
+        return  # done already (or replaced by someone else: left alone)
+    cached = types.ModuleType("inspect")
+    cached.__dict__.update(inspect.__dict__)
+
+    @functools.lru_cache(maxsize=4096)
+    def memoised(obj, **kwargs):
+        return inspect.signature(obj, **kwargs)
+
+    def signature(obj, **kwargs):
+        try:
+            return memoised(obj, **kwargs)
+        except TypeError:  # unhashable callables are not memoised
+            return inspect.signature(obj, **kwargs)
+
+    cached.signature, cached.memoised_signature = signature, True
+    gradio.blocks.inspect = cached
+
+
 def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gpu=None) -> gr.Blocks:
     """``gpu``: a decorator for the handlers that run a model (``spaces.GPU`` on ZeroGPU Spaces)."""
     gpu = gpu or (lambda fn: fn)
+    cache_component_signatures()
     choices = service.model_choices
     default_model = ENSEMBLE if ENSEMBLE in choices else choices[0]
     captions = service.gallery.captions

@@ -79,10 +79,11 @@ def run(args) -> dict:
     encode_paths = gallery.image_paths[: 128 if quick else 512]
     results["gallery_encoding"] = inprocess.gallery_encoding(service, encode_paths)
 
-    print("dual encoder vs cross-attention ...", flush=True)
-    sizes = (100, 500) if quick else (len(gallery), len(gallery.captions))
-    results["cross_attention"] = cross_attention.compare(service.indexes["SGE"].model,
-                                                         *cross_attention_inputs(service, *sizes))
+    if not args.skip_cross_attention:
+        print("dual encoder vs cross-attention ...", flush=True)
+        sizes = (100, 500) if quick else (len(gallery), len(gallery.captions))
+        results["cross_attention"] = cross_attention.compare(service.indexes["SGE"].model,
+                                                             *cross_attention_inputs(service, *sizes))
     if not args.skip_http:
         print("app start-up and HTTP round trips ...", flush=True)
         app_gallery = small_gallery(gallery, 100, work / "gallery") if quick else Path(args.gallery)
@@ -118,7 +119,7 @@ def report(results: dict) -> str:
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
              + (f", {m['gpu']}" if "gpu" in m else ""), ""]
     t, i = results["text_to_image"], results["image_query"]
-    g, x = results["gallery_encoding"], results["cross_attention"]
+    g, x = results["gallery_encoding"], results.get("cross_attention")
     lines += [
         "| measurement | p50 | p95 | reference p50 | ratio |", "| --- | --- | --- | --- | --- |",
         f"| text → image (SGE, top 10) | {t['search']['p50_ms']:.1f} ms | {t['search']['p95_ms']:.1f} ms | "
@@ -141,8 +142,9 @@ def report(results: dict) -> str:
         s = results["start"]
         lines.append(f"python app.py until serving ({s['gallery_images']} gallery images): cold {s['cold_start_s']} s, "
                      f"warm {s['warm_start_s']} s")
-    lines.append(f"all-pairs scoring of {x['images']} images x {x['captions']} captions: USER {x['user_s']} s, "
-                 f"SCAN-style cross-attention {x['cross_attention_s']} s ({x['ratio']}x)")
+    if x:
+        lines.append(f"all-pairs scoring of {x['images']} images x {x['captions']} captions: USER {x['user_s']} s, "
+                     f"SCAN-style cross-attention {x['cross_attention_s']} s ({x['ratio']}x)")
     if "search_scaling" in results:
         lines += ["", "| N | E | index | build s | p50 ms | p95 ms | recall@10 | memory MB | settings |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -172,6 +174,7 @@ def main(argv=None) -> dict:
     p.add_argument("--gallery", default=str(ASSETS / "gallery"))
     p.add_argument("--skip-http", action="store_true", help="no app start-up and HTTP round trips")
     p.add_argument("--skip-scaling", action="store_true", help="no search-scaling table")
+    p.add_argument("--skip-cross-attention", action="store_true", help="no dual-encoder vs cross-attention timing")
     args = p.parse_args(argv)
     results = run(args)
     print(report(results))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .build_default import BuildSettings, run_side_by_side, train_user
+from .build_default import BuildSettings, clip_regions, run_side_by_side, train_user
 from .data import frozen_text_features, load_split
 from .evaluation import average_similarities, encode_split, format_table, retrieval_metrics
 from .mini_clip import clip_similarities
@@ -38,6 +38,7 @@ def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool
 
     missing = [v for v in variants if not (best_of(*v) / "model.safetensors").is_file()]
     if train_missing and missing:
+        clip_regions(data, clip_dir)  # once, here, rather than in each worker
         run_side_by_side([(train_user, settings, data, clip_dir, work / "runs", *v) for v in missing], settings.jobs)
     rows: dict[str, dict[str, float]] = {"mini CLIP alone": retrieval_metrics(clip_similarities(f"local-dir:{clip_dir}", data))}
     for use_queue in (False, True):

@@ -20,9 +20,10 @@ import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
@@ -112,27 +113,39 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_side_by_side(tasks: list[tuple], jobs: int) -> list:
+def run_side_by_side(tasks: list[tuple], jobs: int, on_first_done: Optional[Callable[[], None]] = None) -> list:
     """Run ``(function, *args)`` tasks in ``jobs`` worker processes that share the cores evenly (small
     models use two cores poorly: one thread per process gets 60-70 % of two threads' speed), or in this
-    process, one after the other, when ``jobs`` is 1. Returns the results in task order."""
+    process, one after the other, when ``jobs`` is 1. ``on_first_done`` is called as soon as one task has
+    finished. Returns the results in task order."""
     if jobs <= 1 or len(tasks) <= 1:
         return [task[0](*task[1:]) for task in tasks]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        return [f.result() for f in [pool.submit(*task) for task in tasks]]
+        futures = [pool.submit(*task) for task in tasks]
+        if on_first_done is not None:
+            wait(futures, return_when=FIRST_COMPLETED)
+            on_first_done()
+        return [future.result() for future in futures]
 
 
-def text_backbone_features(data: Path) -> None:
+def text_backbone_features(data: Path, cores_free: Optional[Path] = None) -> None:
     """The frozen MiniLM's token features of every caption of every split, into the cache that training
-    and evaluation read (the same key: backbone, max length, captions)."""
+    and evaluation read (the same key: backbone, max length, captions). Once the file ``cores_free``
+    exists (the task beside this one has finished), it takes every core."""
     model = USERModel(USERConfig(region_dim=1, text_backbone=TEXT_BACKBONE, text_config=text_config_of(TEXT_BACKBONE),
                                  freeze_text_backbone=True, enhancement="none"))
     model.load_text_backbone_weights()
+
+    def take_free_cores() -> None:
+        cores = os.cpu_count() or 1
+        if cores_free is not None and torch.get_num_threads() < cores and cores_free.exists():
+            torch.set_num_threads(cores)
+
     json_path = find_karpathy_json(data)
     for split in ("val", "test", "train"):
-        frozen_text_features(model.eval(), read_karpathy(json_path, split)[1], data / "cache")
+        frozen_text_features(model.eval(), read_karpathy(json_path, split)[1], data / "cache", before_batch=take_free_cores)
 
 
 def clip_regions(data: Path, clip_dir: Path) -> None:
@@ -150,11 +163,15 @@ def build(out: Path, work: Path, settings: BuildSettings, resume: bool = False) 
     timings = {"dataset_s": time.time() - started}
     clip_dir = out / "mini-clip"
     t0 = time.time()
-    stage = [(text_backbone_features, data)]
+    cores_free = work / "cores-free"
+    cores_free.unlink(missing_ok=True)
+    stage = [(text_backbone_features, data, cores_free)]
     if not (resume and (clip_dir / "open_clip_model.safetensors").is_file()):
         stage.insert(0, (train_mini_clip, data, clip_dir, settings.clip_config, settings.clip_epochs, None, 128, 1e-3,
                          settings.seed))
-    run_side_by_side(stage, settings.jobs)  # the CLIP and MiniLM's caption features do not depend on each other
+    # The CLIP and MiniLM's caption features do not depend on each other; MiniLM has more work and takes
+    # both cores when the CLIP is done.
+    run_side_by_side(stage, settings.jobs, on_first_done=cores_free.touch)
     timings["clip+text_features_s"] = time.time() - t0
     t0 = time.time()
     clip_regions(data, clip_dir)

@@ -14,7 +14,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -170,8 +170,9 @@ class TokenFeatures:
 
 @torch.no_grad()
 def frozen_text_features(model, captions: Sequence[str], cache_dir: Optional[Path] = None,
-                         batch_size: int = 256) -> TokenFeatures:
-    """Run the (frozen) text backbone once over every caption; cached on disk when ``cache_dir`` is set."""
+                         batch_size: int = 256, before_batch: Optional[Callable[[], None]] = None) -> TokenFeatures:
+    """Run the (frozen) text backbone once over every caption; cached on disk when ``cache_dir`` is set.
+    ``before_batch`` is called before each batch (e.g. to take more threads once they are free)."""
     digest = hashlib.sha1(f"{model.config.text_backbone}:{model.config.max_text_length}".encode())
     for caption in captions:
         digest.update(caption.encode() + b"\n")
@@ -184,6 +185,8 @@ def frozen_text_features(model, captions: Sequence[str], cache_dir: Optional[Pat
     order = sorted(range(len(captions)), key=lambda i: len(captions[i]))  # similar lengths batch together
     rows: list[Optional[np.ndarray]] = [None] * len(captions)
     for start in tqdm(range(0, len(order), batch_size), desc="text features", unit="batch", mininterval=5.0):
+        if before_batch is not None:
+            before_batch()
         batch = order[start : start + batch_size]
         input_ids, batch_lengths = model.tokenize([captions[i] for i in batch])
         hidden = model.txt_enc.backbone(input_ids.to(model.device)).float().cpu()

@@ -3,6 +3,7 @@
 import random
 from pathlib import Path
 
+import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -141,3 +142,29 @@ def test_only_gallery_files_are_served(client, demo_url):
     for path in outside:
         response = httpx.get(f"{url}/gradio_api/file={path}")
         assert response.status_code in (403, 404), (path, response.status_code)
+
+
+def test_memoised_signatures_give_the_same_session_configs():
+    """cache_component_signatures only makes Gradio's per-session set-up cheaper: same configs."""
+    import inspect
+
+    import gradio.blocks
+    from gradio.state_holder import SessionState
+
+    from app.ui import cache_component_signatures
+
+    with gr.Blocks() as demo:
+        gr.Textbox(value="a", label="t")
+        gr.Gallery([("x.png", "x")], columns=3)
+        gr.Slider(1, 5, value=2)
+        gr.Dataframe(headers=["a", "b"])
+    patched = gradio.blocks.inspect
+    try:
+        gradio.blocks.inspect = inspect
+        plain = SessionState(demo).config_values
+        cache_component_signatures()
+        assert gradio.blocks.inspect is not inspect and gradio.blocks.inspect.isclass is inspect.isclass
+        assert SessionState(demo).config_values == plain
+        assert SessionState(demo).config_values == plain  # from the memo
+    finally:
+        gradio.blocks.inspect = patched if patched is not inspect else gradio.blocks.inspect
