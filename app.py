@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 from pathlib import Path
+
+STARTED = time.perf_counter()
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -46,9 +50,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def create_demo(args: argparse.Namespace):
+    imported = time.perf_counter()
     gallery = load_gallery(args.gallery, args.gallery_split)
     service = load_service(args.sge or None, args.cge or None, gallery, Path(args.cache_dir), args.device)
-    return service, build_demo(service, gpu=gpu)
+    loaded = time.perf_counter()
+    demo = build_demo(service, gpu=gpu)
+    print(f"start-up: imports {imported - STARTED:.1f} s, models + gallery {loaded - imported:.1f} s, "
+          f"interface {time.perf_counter() - loaded:.1f} s", file=sys.stderr, flush=True)
+    return service, demo
 
 
 ARGS = parse_args()

@@ -31,7 +31,8 @@ def test_similarities(best: Path, data: Path) -> torch.Tensor:
 
 def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool = True) -> dict[str, dict[str, float]]:
     data = work / "scenes"
-    variants = [(enhancement, use_queue) for use_queue in (False, True) for enhancement in ("none", "sge", "cge")]
+    # Missing runs train in this order, two at a time: the baseline with the queue first, then the queue ablations.
+    variants = [("none", True), ("sge", True), ("cge", True), ("sge", False), ("cge", False), ("none", False)]
 
     def best_of(enhancement: str, use_queue: bool) -> Path:
         return work / "runs" / f"{enhancement}{'' if use_queue else '-noqueue'}" / "best"

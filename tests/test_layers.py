@@ -70,11 +70,7 @@ def test_sge_guide_is_a_unit_convex_combination():
 def test_cge_guide_is_projected_clip_embedding(tiny_bert):
     cge = ClipGuidedEnhancement(12, 6)
     clip = torch.randn(2, 12)
-    assert torch.allclose(cge(clip), 6**0.5 * l2norm(cge.proj(clip)))  # starts at the regions' scale √D
-    with torch.no_grad():
-        cge.scale.fill_(2.0)
-    assert torch.allclose(cge(clip).norm(dim=1), torch.full((2,), 2.0), atol=1e-5)
-    assert cge.scale in set(cge.parameters())  # learned
+    assert torch.allclose(cge(clip), l2norm(cge.proj(clip)))
     encoder = ImageEncoder(make_config(tiny_bert, enhancement="cge", clip_dim=12)).eval()
     with pytest.raises(ValueError, match="clip_embeds"):
         encoder(torch.randn(2, 6, 24), torch.tensor([6, 6]))
