@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .data import find_karpathy_json, image_folder, read_karpathy
 from .evaluation import CAPTIONS_PER_IMAGE
-from .regions import save_open_clip, split_preprocess
+from .regions import normalise_pixels, save_open_clip, split_preprocess
 
 MINI_CLIP_CONFIG = {
     "embed_dim": 128,
@@ -60,8 +60,7 @@ class ImageCaptions(Dataset):
     def collate(self, items) -> tuple[torch.Tensor, torch.Tensor]:
         """-> normalised pixels [B, 3, H, W], token ids [B, C]."""
         pixels, tokens = zip(*items)
-        pixels = torch.stack(pixels).permute(0, 3, 1, 2).float().div_(255)
-        return (pixels - self.mean) / self.std, torch.stack(tokens)
+        return normalise_pixels(torch.stack(pixels), self.mean, self.std), torch.stack(tokens)
 
 
 def train_mini_clip(

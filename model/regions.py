@@ -56,9 +56,8 @@ class ClipGridExtractor:
         model.visual.output_tokens = True
         self.visual = model.visual
         self.preprocess = preprocess
-        self._pil_steps, mean, std = split_preprocess(preprocess)
+        self._pil_steps, self._mean, self._std = split_preprocess(preprocess)
         if self._pil_steps is not None:
-            self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
             self._input_size = identity_size(self._pil_steps)
 
     @property
@@ -79,8 +78,7 @@ class ClipGridExtractor:
             np.asarray(image if image.size == self._input_size else self._pil_steps(image), dtype=np.uint8)
             for image in images
         ])  # [B, H, W, 3]; an image already at the input size needs no resize or crop
-        pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float()
-        return torch.addcmul(self._shift, pixels, self._scale)  # (x / 255 - mean) / std in one pass
+        return normalise_pixels(torch.from_numpy(arrays), self._mean, self._std)
 
     @torch.no_grad()
     def from_pixels(self, pixels: torch.Tensor) -> Regions:
@@ -105,6 +103,11 @@ def split_preprocess(preprocess):
     mean = torch.tensor(steps[-1].mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(steps[-1].std, dtype=torch.float32).view(1, 3, 1, 1)
     return transforms.Compose(steps[:-2]), mean, std
+
+
+def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [B, H, W, 3] -> (x / 255 - mean) / std, float [B, 3, H, W], in one fused multiply-add."""
+    return torch.addcmul(-mean / std, pixels.permute(0, 3, 1, 2).float(), 1.0 / (255.0 * std))
 
 
 def identity_size(pil_steps) -> Optional[tuple[int, int]]:

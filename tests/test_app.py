@@ -167,4 +167,4 @@ def test_memoised_signatures_give_the_same_session_configs():
         assert SessionState(demo).config_values == plain
         assert SessionState(demo).config_values == plain  # from the memo
     finally:
-        gradio.blocks.inspect = patched if patched is not inspect else gradio.blocks.inspect
+        gradio.blocks.inspect = patched
