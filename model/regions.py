@@ -111,25 +111,18 @@ def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 
 
 def identity_size(pil_steps) -> Optional[tuple[int, int]]:
-    """(W, H) of the RGB images the PIL steps leave as they are (Resize(S) then CenterCrop(S) of an S x S
-    image), or None when that cannot be told from the steps."""
+    """(S, S) when the PIL steps are Resize(S) and CenterCrop(S) (plus open_clip's mode conversion), which
+    leave an S x S RGB image as it is; None when that cannot be told from the steps."""
     from torchvision import transforms
 
-    sizes = set()
+    sizes = []
     for step in pil_steps.transforms:
-        if isinstance(step, transforms.Resize) and step.max_size is None:
-            size = step.size
-        elif isinstance(step, transforms.CenterCrop):
-            size = step.size
-        elif type(step).__name__ == "MaybeConvertMode":  # open_clip's mode conversion: RGB stays RGB
+        if type(step).__name__ == "MaybeConvertMode":  # RGB stays RGB
             continue
-        else:
+        if not isinstance(step, (transforms.Resize, transforms.CenterCrop)) or getattr(step, "max_size", None):
             return None
-        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        sizes.add(size if len(size) == 2 else (size[0], size[0]))
-    if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
-        return None
-    return next(iter(sizes))
+        sizes += list(step.size) if isinstance(step.size, (list, tuple)) else [step.size]
+    return (sizes[0], sizes[0]) if sizes and len(set(sizes)) == 1 else None
 
 
 class PrecomputedRegions:

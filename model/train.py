@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr-update", type=int, default=15, help="epochs before the learning rate drops x0.1 (step schedule)")
     p.add_argument("--lr-schedule", choices=["step", "cosine"], default="step",
                    help="step: the release's x0.1 drop after --lr-update epochs; cosine: linear warm-up over "
-                        "--warmup-steps, then cosine decay to 0 at the last step (converges in fewer epochs)")
+                        "--warmup-steps, then cosine decay to 0 at the last step (on the embedded default, "
+                        "a 3-epoch cosine run of CGE reached val rsum 475, below the step schedule)")
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
