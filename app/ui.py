@@ -100,6 +100,21 @@ def cache_component_signatures() -> None:
     gradio.blocks.inspect = cached
 
 
+def serve_statically(root: Path) -> None:
+    """Serve the gallery's files as they are (not hashed and copied into Gradio's cache on every result),
+    and make its folder the first static path Gradio checks. Gradio resolves each result file against
+    every static path in turn until one matches; its own icons come first otherwise, which costs two
+    failed comparisons (≈ 0.3 ms) per image, ≈ 3 ms per top-10 answer."""
+    from gradio.data_classes import _StaticFiles
+
+    gr.set_static_paths([str(root)])
+    paths = _StaticFiles.all_paths
+    resolved = Path(root).resolve()
+    if resolved in paths:
+        paths.remove(resolved)
+        paths.insert(0, resolved)
+
+
 def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gpu=None) -> gr.Blocks:
     """``gpu``: a decorator for the handlers that run a model (``spaces.GPU`` on ZeroGPU Spaces)."""
     gpu = gpu or (lambda fn: fn)
@@ -123,8 +138,7 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
         raise gr.Error("that image is not part of the gallery")
 
     if service.gallery.has_images:
-        # Gallery files are served as they are, not hashed and copied into Gradio's cache on every result.
-        gr.set_static_paths([str(service.gallery.root)])
+        serve_statically(service.gallery.root)
 
     @gpu
     def search_text(query: str, model: str, k: float):

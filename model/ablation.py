@@ -31,8 +31,9 @@ def test_similarities(best: Path, data: Path) -> torch.Tensor:
 
 def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool = True) -> dict[str, dict[str, float]]:
     data = work / "scenes"
-    # Missing runs train in this order, two at a time: the baseline with the queue first, then the queue ablations.
-    variants = [("none", True), ("sge", True), ("cge", True), ("sge", False), ("cge", False), ("none", False)]
+    # Missing runs train in this order, two at a time: the bundle's two models first, then the baseline, then
+    # the queue ablations.
+    variants = [("sge", True), ("cge", True), ("none", True), ("sge", False), ("cge", False), ("none", False)]
 
     def best_of(enhancement: str, use_queue: bool) -> Path:
         return work / "runs" / f"{enhancement}{'' if use_queue else '-noqueue'}" / "best"

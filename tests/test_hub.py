@@ -193,3 +193,24 @@ def test_missing_config_is_named(tmp_path, tiny_model):
     (folder / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
         USERModel.from_pretrained(folder)
+
+
+def test_backbone_weights_read_directly_equal_transformers(tmp_path, tiny_bert):
+    """The fast path (model.safetensors read as it is) loads what AutoModel.from_pretrained loads; a file
+    laid out otherwise (here: every name under a 'bert.' prefix) is left to transformers."""
+    from transformers import AutoModel
+
+    from model.user import backbone_state_dict
+
+    model = USERModel(make_config(tiny_bert))
+    direct = backbone_state_dict(tiny_bert, model.txt_enc.bert)
+    reference = AutoModel.from_pretrained(tiny_bert).state_dict()
+    assert direct is not None and set(direct) == set(model.txt_enc.bert.state_dict())
+    assert all(torch.equal(direct[k], reference[k]) for k in direct)
+    model.load_text_backbone_weights()
+    assert all(torch.equal(v, reference[k]) for k, v in model.txt_enc.bert.state_dict().items())
+
+    prefixed = tmp_path / "prefixed"
+    prefixed.mkdir()
+    save_file({f"bert.{k}": v.contiguous() for k, v in reference.items()}, str(prefixed / "model.safetensors"))
+    assert backbone_state_dict(prefixed, model.txt_enc.bert) is None
