@@ -108,11 +108,9 @@ def serve_statically(root: Path) -> None:
     from gradio.data_classes import _StaticFiles
 
     gr.set_static_paths([str(root)])
-    paths = _StaticFiles.all_paths
     resolved = Path(root).resolve()
-    if resolved in paths:
-        paths.remove(resolved)
-        paths.insert(0, resolved)
+    paths = _StaticFiles.all_paths
+    paths[:] = [resolved] + [path for path in paths if path != resolved]
 
 
 def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gpu=None) -> gr.Blocks:

@@ -138,6 +138,8 @@ def report(results: dict) -> str:
             lines.append(f"| {label} round trip | {h['p50_ms']:.1f} ms | {h['p95_ms']:.1f} ms | | |")
     lines += ["", f"gallery encoding: {g['images_per_s']} images/s vs bare CLIP visual {g['bare_clip_images_per_s']} "
                   f"images/s ({g['ratio']:.2f}x, {g['images']} images)"]
+    if "ms_per_image" in g:
+        lines.append("  per image, each stage alone: " + ", ".join(f"{k} {v:.3f} ms" for k, v in g["ms_per_image"].items()))
     if "start" in results:
         s = results["start"]
         lines.append(f"python app.py until serving ({s['gallery_images']} gallery images): cold {s['cold_start_s']} s, "

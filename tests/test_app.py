@@ -168,3 +168,20 @@ def test_memoised_signatures_give_the_same_session_configs():
         assert SessionState(demo).config_values == plain  # from the memo
     finally:
         gradio.blocks.inspect = patched
+
+
+def test_gallery_is_the_first_static_path_and_its_files_stay_static(client):
+    """serve_statically puts the gallery ahead of Gradio's own icons; its files are still static (served
+    as they are, never copied into the cache) and nothing else becomes static."""
+    from gradio.data_classes import _StaticFiles
+    from gradio.utils import is_static_file
+
+    from app.ui import serve_statically
+
+    _, service = client
+    root = service.gallery.root.resolve()
+    serve_statically(root)
+    serve_statically(root)  # idempotent: one entry, first
+    assert _StaticFiles.all_paths[0] == root and _StaticFiles.all_paths.count(root) == 1
+    assert is_static_file(str(service.gallery.image_paths[0]))
+    assert not is_static_file(str(root.parent / "user-sge" / "config.json"))

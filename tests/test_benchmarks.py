@@ -62,4 +62,6 @@ def test_quick_in_process_run(tiny_bundle, tmp_path):
                         "--json", str(out)])
     assert json.loads(out.read_text())["text_to_image"]["ratio"] == results["text_to_image"]["ratio"] > 0
     assert results["cross_attention"]["cross_attention_s"] > 0 and results["gallery_encoding"]["images_per_s"] > 0
+    stages = results["gallery_encoding"]["ms_per_image"]
+    assert set(stages) == {"decode", "preprocess", "clip", "user_head"} and all(v > 0 for v in stages.values())
     assert "text → image" in run.report(results)
