@@ -125,8 +125,9 @@ class GPO(nn.Module):
         lengths = lengths.to(features.device).long()
         weights = self.pool_weights(lengths).to(features.dtype)  # [B, L, 1]
         max_len = weights.size(1)
-        # Positions last and contiguous: sorting along the last axis, then one batched product with θ, is
-        # a third faster (forward and backward) than sorting along dim 1 and a broadcast multiply-sum.
+        # Positions last and contiguous: sorting along the last axis, then one batched product with θ, beats
+        # sorting along dim 1 and a broadcast multiply-sum (128 x 36 x 256, forward + backward, one thread:
+        # 109 vs 129 ms), the largest part of a training step after the linear layers.
         features = features[:, :max_len, :].transpose(1, 2).contiguous()  # [B, E, L]
         mask = length_mask(lengths, max_len).unsqueeze(1)  # [B, 1, L]
         padded = not bool(mask.all())  # images: every region is valid, no masking to do

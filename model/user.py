@@ -171,7 +171,7 @@ class USERModel(
         """Copy the pretrained weights of ``config.text_backbone`` into the text tower.
 
         A backbone folder whose ``model.safetensors`` names exactly the tower's weights is read directly
-        (a third of a second less per model at start-up than building a second copy of the backbone with
+        (≈ 0.4 s less per model at start-up than building a second copy of the backbone with
         ``AutoModel.from_pretrained``); any other layout (a prefix, legacy names, pickled weights) goes
         through transformers.
         """
