@@ -8,6 +8,7 @@ queues are training state and are not part of it.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Optional, Sequence
@@ -165,6 +166,7 @@ class USERModel(
         save_file(self.publishable_state_dict(), str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
         self.config.save(save_directory / CONFIG_NAME)
         self.tokenizer.save_pretrained(str(save_directory))
+        drop_machine_settings(save_directory / "tokenizer_config.json")
         write_model_card(save_directory, self.config, self.eval_results)
 
     def load_text_backbone_weights(self) -> None:
@@ -207,6 +209,17 @@ class USERModel(
             model.load_text_backbone_weights()
         load_exact(model, state, folder / WEIGHTS_NAME)
         return model.to(map_location).eval()
+
+
+def drop_machine_settings(tokenizer_config: Path) -> None:
+    """transformers writes the loading machine's ``local_files_only`` (true whenever HF_HUB_OFFLINE is set)
+    into a saved tokenizer config; it says how that machine was set up, not what the tokenizer is, so a
+    published checkpoint leaves it out."""
+    if not tokenizer_config.is_file():
+        return
+    values = json.loads(tokenizer_config.read_text())
+    if values.pop("local_files_only", None) is not None:
+        tokenizer_config.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n")
 
 
 def backbone_state_dict(folder: Path, backbone: nn.Module) -> Optional[dict[str, torch.Tensor]]:

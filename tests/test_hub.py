@@ -214,3 +214,14 @@ def test_backbone_weights_read_directly_equal_transformers(tmp_path, tiny_bert):
     prefixed.mkdir()
     save_file({f"bert.{k}": v.contiguous() for k, v in reference.items()}, str(prefixed / "model.safetensors"))
     assert backbone_state_dict(prefixed, model.txt_enc.bert) is None
+
+
+def test_saved_tokenizer_config_has_no_machine_settings(tmp_path, tiny_model, monkeypatch):
+    """Saving offline (HF_HUB_OFFLINE=1) must not publish the saving machine's local_files_only."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    values = json.loads((tmp_path / "ckpt" / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in values and values["do_lower_case"] is True
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "ckpt"))("a red circle")["input_ids"][0] == 101
