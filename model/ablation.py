@@ -3,7 +3,8 @@ without the MoCo queue term, and the miniature CLIP alone, on the synthetic test
 
     python -m model.ablation --work data/build --clip assets/mini-clip [--json data/build/ablation.json]
 
-Runs that ``python -m model.build_default`` already trained (same settings) are reused.
+Every variant trains ``BuildSettings.ablation_epochs`` epochs (the same recipe for all); runs that
+``python -m model.build_default`` already trained with those settings are reused.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .build_default import BuildSettings, clip_regions, run_side_by_side, train_user
+from .build_default import BuildSettings, clip_regions, run_folder, train_user
 from .data import frozen_text_features, load_split
 from .evaluation import average_similarities, encode_split, format_table, retrieval_metrics
 from .mini_clip import clip_similarities
+from .parallel import run_side_by_side
 from .user import USERModel
 
 
@@ -35,13 +37,15 @@ def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool
     # the queue ablations.
     variants = [("sge", True), ("cge", True), ("none", True), ("sge", False), ("cge", False), ("none", False)]
 
+    epochs = settings.ablation_epochs
+
     def best_of(enhancement: str, use_queue: bool) -> Path:
-        return work / "runs" / f"{enhancement}{'' if use_queue else '-noqueue'}" / "best"
+        return run_folder(work / "runs", enhancement, use_queue, epochs) / "best"
 
     missing = [v for v in variants if not (best_of(*v) / "model.safetensors").is_file()]
     if train_missing and missing:
         clip_regions(data, clip_dir)  # once, here, rather than in each worker
-        run_side_by_side([(train_user, settings, data, clip_dir, work / "runs", *v) for v in missing], settings.jobs)
+        run_side_by_side([(train_user, settings, data, clip_dir, work / "runs", *v, epochs) for v in missing], settings.jobs)
     rows: dict[str, dict[str, float]] = {"mini CLIP alone": retrieval_metrics(clip_similarities(f"local-dir:{clip_dir}", data))}
     for use_queue in (False, True):
         suffix = "" if use_queue else " -queue"

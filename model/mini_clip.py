@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -72,8 +73,10 @@ def train_mini_clip(
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
+    before_step: Optional[Callable[[], None]] = None,
 ) -> Path:
-    """Train for ``epochs`` (stopping early after ``minutes`` if given), then save to ``out`` (float16)."""
+    """Train for ``epochs`` (stopping early after ``minutes`` if given), then save to ``out`` (float16).
+    ``before_step`` is called before each step (e.g. to take more threads once they are free)."""
     import open_clip
 
     torch.manual_seed(seed)
@@ -94,6 +97,8 @@ def train_mini_clip(
         bar = tqdm(loader, desc=f"mini-clip epoch {epoch}", unit="step", mininterval=5.0)
         losses = []
         for pixels, tokens in bar:
+            if before_step is not None:
+                before_step()
             image_features, text_features, logit_scale = model(pixels, tokens)
             loss = loss_fn(image_features, text_features, logit_scale)
             optimizer.zero_grad(set_to_none=True)

@@ -29,6 +29,7 @@ from .data import CaptionBatches, CaptionPairs, frozen_text_features, load_split
 from .evaluation import evaluate_split
 from .loss import UTO
 from .moco import MomentumUSER
+from .parallel import take_free_cores
 from .regions import build_extractor
 from .user import USERModel
 
@@ -69,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--val-images", type=int, default=None, help="evaluate on the first N val images only")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--take-cores-when", default=None, metavar="FILE",
+                   help="use every core once FILE exists (a build running another job beside this one creates it)")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, help="OUT/last.pt of an earlier run")
@@ -157,6 +160,7 @@ def train_epoch(moco, trainer, loader, optimizer, args, device, epoch: int, is_m
     for step, batch in enumerate(bar):
         if step >= steps:
             break
+        take_free_cores(args.take_cores_when)
         set_lr(optimizer, args, lr_factor(args, epoch, step, steps))
         batch = [None if x is None else x.to(device) for x in batch]
         loss, parts = trainer(*batch)
