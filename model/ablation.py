@@ -33,8 +33,8 @@ def test_similarities(best: Path, data: Path) -> torch.Tensor:
 
 def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool = True) -> dict[str, dict[str, float]]:
     data = work / "scenes"
-    # Missing runs train in this order, two at a time: the bundle's two models first, then the baseline, then
-    # the queue ablations.
+    # Missing runs train in this order, two at a time: SGE and CGE first, then the baseline, then the queue
+    # ablations (the cheapest last: it runs alone, on every core).
     variants = [("sge", True), ("cge", True), ("none", True), ("sge", False), ("cge", False), ("none", False)]
 
     epochs = settings.ablation_epochs
@@ -45,7 +45,9 @@ def run(work: Path, clip_dir: Path, settings: BuildSettings, train_missing: bool
     missing = [v for v in variants if not (best_of(*v) / "model.safetensors").is_file()]
     if train_missing and missing:
         clip_regions(data, clip_dir)  # once, here, rather than in each worker
-        run_side_by_side([(train_user, settings, data, clip_dir, work / "runs", *v, epochs) for v in missing], settings.jobs)
+        cores_free = work / "cores-free"
+        run_side_by_side([(train_user, settings, data, clip_dir, work / "runs", *v, epochs, cores_free) for v in missing],
+                         settings.jobs, cores_free)
     rows: dict[str, dict[str, float]] = {"mini CLIP alone": retrieval_metrics(clip_similarities(f"local-dir:{clip_dir}", data))}
     for use_queue in (False, True):
         suffix = "" if use_queue else " -queue"
