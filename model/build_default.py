@@ -1,7 +1,7 @@
 """Rebuild the embedded default bundle from scratch: synthetic scenes, a miniature CLIP, USER-SGE and
 USER-CGE (MoCo + UTO, frozen all-MiniLM-L6-v2 text backbone), their model cards, and the gallery.
 
-    python -m model.build_default                 # the committed bundle: about 52 minutes on 2 CPU cores
+    python -m model.build_default                 # the committed bundle: about 44 minutes on 2 CPU cores
     python -m model.build_default --quick --out /tmp/bundle   # tiny sizes, a couple of minutes
 
 Layout written to OUT (``assets/`` by default):
