@@ -403,7 +403,9 @@ class RetrievalService:
         return SearchResult(images, captions, seconds=self._timed("image", started))
 
     def compare(self, text=None, image=None, k=10, gallery_index: Optional[int] = None) -> dict:
-        """Every model's top-k for one query, with how much they agree."""
+        """Every model's top-k for one query, with how much they agree. ``ground_truth_rank`` is None for a
+        model that missed the ground truth, and ``has_ground_truth`` False when the query has none (a text
+        that is not one of the gallery's captions, an image from outside the gallery)."""
         if text is not None and str(text).strip():
             memo: dict = {}  # the models' shared text backbone runs once for both
             results = {name: self.search_text(text, name, k, memo) for name in self.indexes}
@@ -412,7 +414,7 @@ class RetrievalService:
             results = {name: self.search_image(image, name, k, gallery_index) for name in self.indexes}
             truth = {int(gallery_index)} if gallery_index is not None else set()
         top = {name: [h.index for h in r.images] for name, r in results.items()}
-        summary = {"results": results, "ground_truth_rank": {}, "only_in": {}}
+        summary = {"results": results, "ground_truth_rank": {}, "only_in": {}, "has_ground_truth": bool(truth)}
         for name, indices in top.items():
             ranks = [r + 1 for r, i in enumerate(indices) if i in truth]
             summary["ground_truth_rank"][name] = ranks[0] if ranks else None

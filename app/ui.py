@@ -175,10 +175,12 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
         lines = []
         if "overlap" in summary:
             lines.append(f"**Agreement:** {100 * summary['overlap']:.0f}% of the top-{int(k)} images are the same.")
+        if not summary["has_ground_truth"]:
+            lines.append("No ground truth: the query is not one of the gallery's captions or images.")
         for name in service.indexes:
             rank = summary["ground_truth_rank"][name]
-            where = f"rank {rank}" if rank else "not in the top results"
-            lines.append(f"- **{name}**: ground truth {where if summary['ground_truth_rank'] else 'unknown'}; "
+            where = f"ground truth at rank {rank}; " if rank else "ground truth not in the top results; "
+            lines.append(f"- **{name}**: {where if summary['has_ground_truth'] else ''}"
                          f"{len(summary['only_in'][name])} images only {name} found")
         return galleries[0], galleries[1], "\n".join(lines)
 

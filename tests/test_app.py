@@ -39,7 +39,9 @@ def test_search_image_upload_and_gallery_pick(client):
 def test_compare_attention_about(client):
     client, service = client
     sge, cge, summary = client.predict(service.gallery.captions[0], None, 4, api_name="/compare")
-    assert len(sge) == len(cge) == 4 and "Agreement" in summary
+    assert len(sge) == len(cge) == 4 and "Agreement" in summary and "No ground truth" not in summary
+    _, _, made_up = client.predict("seven shapes in a row", None, 4, api_name="/compare")
+    assert "No ground truth" in made_up and "not in the top results" not in made_up
     maps = client.predict(handle_file(str(service.gallery.image_paths[0])), api_name="/attention")
     assert maps[0] is not None and maps[1] is not None and maps[3] is not None
     about = client.predict(api_name="/about")

@@ -162,8 +162,11 @@ def test_compare_reports_agreement(service):
     assert set(summary["results"]) == {"SGE", "CGE"}
     assert 0 <= summary["overlap"] <= 1
     assert set(summary["ground_truth_rank"]) == {"SGE", "CGE"}
+    assert summary["has_ground_truth"]
     by_image = service.compare(gallery_index=2, k=4)
-    assert by_image["ground_truth_rank"]["SGE"] == 1
+    assert by_image["ground_truth_rank"]["SGE"] == 1 and by_image["has_ground_truth"]
+    made_up = service.compare(text="seven shapes in a row", k=4)
+    assert not made_up["has_ground_truth"] and set(made_up["ground_truth_rank"].values()) == {None}
 
 
 def test_attention_maps(service):
