@@ -284,3 +284,22 @@ def test_compare_runs_the_shared_text_backbone_once(service):
     finally:
         handle.remove()
     assert calls == [1] and set(summary["results"]) == {"SGE", "CGE"}
+
+
+def test_mixed_precision_keeps_embeddings_and_scores_float32(tiny_bundle, tmp_path, monkeypatch):
+    """The CUDA path runs the models under bfloat16 autocast; the same code under CPU autocast must
+    still hand float32 embeddings to the index and rank like float32 does (no GPU here)."""
+    gallery = load_gallery(tiny_bundle / "gallery")
+    exact = load_service(str(tiny_bundle / "user-sge"), None, gallery, None)
+    monkeypatch.setattr(RetrievalService, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    mixed = load_service(str(tiny_bundle / "user-sge"), None, gallery, None)
+    vectors = mixed.indexes["SGE"].image_index.vectors
+    assert vectors.dtype == torch.float32
+    reference = exact.indexes["SGE"].image_index.vectors
+    assert not torch.equal(vectors, reference)  # bfloat16 did run
+    assert torch.allclose(vectors, reference, atol=0.05)
+    query = gallery.captions[3]
+    result = mixed.search_text(query, "SGE", 3)
+    assert [type(h.score) for h in result.images] == [float] * 3
+    by_image = mixed.search_image(str(gallery.image_paths[5]), "SGE", 1)
+    assert by_image.images[0].index == 5  # a gallery image finds itself in bfloat16 too
