@@ -178,10 +178,10 @@ def build_demo(service: RetrievalService, title: str = "USER retrieval demo", gp
         if not summary["has_ground_truth"]:
             lines.append("No ground truth: the query is not one of the gallery's captions or images.")
         for name in service.indexes:
-            rank = summary["ground_truth_rank"][name]
-            where = f"ground truth at rank {rank}; " if rank else "ground truth not in the top results; "
-            lines.append(f"- **{name}**: {where if summary['has_ground_truth'] else ''}"
-                         f"{len(summary['only_in'][name])} images only {name} found")
+            rank, truth = summary["ground_truth_rank"][name], ""
+            if summary["has_ground_truth"]:
+                truth = f"ground truth at rank {rank}; " if rank else "ground truth not in the top results; "
+            lines.append(f"- **{name}**: {truth}{len(summary['only_in'][name])} images only {name} found")
         return galleries[0], galleries[1], "\n".join(lines)
 
     @gpu

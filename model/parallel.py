@@ -17,7 +17,7 @@ import torch
 
 
 def take_free_cores(flag: Optional[str | os.PathLike]) -> None:
-    """Use every core once ``flag`` exists (the job beside this one has finished). Cheap: call it often."""
+    """Use every core once ``flag`` exists (a core has nothing left to do). Cheap: call it between steps."""
     cores = os.cpu_count() or 1
     if flag is not None and torch.get_num_threads() < cores and Path(flag).exists():
         torch.set_num_threads(cores)
