@@ -126,7 +126,7 @@ def folder_size(path: Path) -> int:
 def text_backbone_features(data: Path, cores_free: Optional[Path] = None) -> None:
     """The frozen MiniLM's token features of every caption of every split, into the cache that training
     and evaluation read (the same key: backbone, max length, captions). Once the file ``cores_free``
-    exists (the task beside this one has finished), it takes every core."""
+    exists (a core is idle: see model.parallel), it takes every core."""
     model = USERModel(USERConfig(region_dim=1, text_backbone=TEXT_BACKBONE, text_config=text_config_of(TEXT_BACKBONE),
                                  freeze_text_backbone=True, enhancement="none"))
     model.load_text_backbone_weights()
