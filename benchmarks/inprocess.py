@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
+from typing import Optional
 
 import torch
 
 from app.service import ENSEMBLE, RetrievalService, open_image
+from model.config import USERConfig
+from model.user import USERModel
 
 from .timing import chunks, time_paired
 
@@ -54,10 +58,11 @@ def image_query(service: RetrievalService, paths: list, model: str = "SGE") -> d
             "ratio": round(search.p50_ms / reference.p50_ms, 3)}
 
 
-def gallery_encoding(service: RetrievalService, paths: list, model: str = "SGE", repeats: int = 3) -> dict:
+def gallery_encoding(service: RetrievalService, paths: list, user: Optional[USERModel] = None, repeats: int = 3,
+                     stage_repeats: int = 3) -> dict:
     """Images per second through the service's gallery path vs the bare CLIP visual forward (same batches,
-    pixels prepared beforehand), best of ``repeats``."""
-    user = service.indexes[model].model
+    pixels prepared beforehand), best of ``repeats``; ``user``: the model to encode with (the SGE one)."""
+    user = user or service.indexes["SGE"].model
     extractor = user.region_extractor
     images = [[open_image(p) for p in batch] for batch in chunks(paths, service.batch_size)]
     batches = [extractor.pixels(batch).to(user.device) for batch in images]
@@ -77,7 +82,7 @@ def gallery_encoding(service: RetrievalService, paths: list, model: str = "SGE",
                 started = time.perf_counter()
                 fn()
                 best[name] = min(best[name], time.perf_counter() - started)
-        stages = gallery_stages(user, list(chunks(paths, service.batch_size)), images, batches)
+        stages = gallery_stages(user, list(chunks(paths, service.batch_size)), images, batches, stage_repeats)
     full_rate, bare_rate = len(paths) / best["full"], len(paths) / best["bare"]
     return {"images": len(paths), "images_per_s": round(full_rate, 1), "bare_clip_images_per_s": round(bare_rate, 1),
             "ratio": round(full_rate / bare_rate, 3), "ms_per_image": stages}
@@ -105,3 +110,19 @@ def gallery_stages(user, path_batches: list, images: list, pixels: list, repeats
             seconds.append(time.perf_counter() - started)
         out[name] = round(min(seconds) / sum(map(len, path_batches)) * 1000, 3)
     return out
+
+
+def model_with_clip(config: USERConfig, architecture: str) -> USERModel:
+    """A USER model like ``config``'s on a full-size open_clip vision tower (``ViT-B-32``: 49 patch tokens of
+    width 768, 224 px, ≈ 4.4 GFLOPs an image), randomly initialised: what a pretrained one costs, with no
+    download. It shows what the gallery path adds to a CLIP of the size USER is used with."""
+    import open_clip
+
+    vision = open_clip.get_model_config(architecture)
+    if vision is None:
+        raise ValueError(f"unknown open_clip architecture {architecture!r}")
+    grid = vision["vision_cfg"]["image_size"] // vision["vision_cfg"]["patch_size"]
+    scaled = dataclasses.replace(config, clip_model=architecture, clip_pretrained=None,
+                                 region_dim=vision["vision_cfg"]["width"], num_regions=grid * grid,
+                                 clip_dim=vision["embed_dim"])
+    return USERModel(scaled).eval()

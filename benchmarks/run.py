@@ -78,6 +78,13 @@ def run(args) -> dict:
     results["image_query"] = inprocess.image_query(service, inprocess.sample_images(service, n_images))
     encode_paths = gallery.image_paths[: 128 if quick else 512]
     results["gallery_encoding"] = inprocess.gallery_encoding(service, encode_paths)
+    if args.scale_clip:
+        print(f"gallery encoding on {args.scale_clip} ...", flush=True)
+        scaled = inprocess.model_with_clip(service.indexes["SGE"].model.config, args.scale_clip)
+        results["gallery_encoding_scaled"] = {
+            "clip": args.scale_clip,
+            **inprocess.gallery_encoding(service, encode_paths[: 16 if quick else 64], scaled, repeats=2, stage_repeats=1),
+        }
 
     if not args.skip_cross_attention:
         print("dual encoder vs cross-attention ...", flush=True)
@@ -140,6 +147,12 @@ def report(results: dict) -> str:
                   f"images/s ({g['ratio']:.2f}x, {g['images']} images)"]
     if "ms_per_image" in g:
         lines.append("  per image, each stage alone: " + ", ".join(f"{k} {v:.3f} ms" for k, v in g["ms_per_image"].items()))
+    if "gallery_encoding_scaled" in results:
+        c = results["gallery_encoding_scaled"]
+        lines += [f"gallery encoding, USER on open_clip {c['clip']} (random weights: a pretrained one's cost): "
+                  f"{c['images_per_s']} images/s vs bare CLIP visual {c['bare_clip_images_per_s']} images/s "
+                  f"({c['ratio']:.2f}x, {c['images']} images)",
+                  "  per image, each stage alone: " + ", ".join(f"{k} {v:.3f} ms" for k, v in c["ms_per_image"].items())]
     if "start" in results:
         s = results["start"]
         lines.append(f"python app.py until serving ({s['gallery_images']} gallery images): cold {s['cold_start_s']} s, "
@@ -177,6 +190,8 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-http", action="store_true", help="no app start-up and HTTP round trips")
     p.add_argument("--skip-scaling", action="store_true", help="no search-scaling table")
     p.add_argument("--skip-cross-attention", action="store_true", help="no dual-encoder vs cross-attention timing")
+    p.add_argument("--scale-clip", default="ViT-B-32",
+                   help="also time gallery encoding with USER on this full-size open_clip tower ('' to skip)")
     args = p.parse_args(argv)
     results = run(args)
     print(report(results))

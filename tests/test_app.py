@@ -187,3 +187,38 @@ def test_gallery_is_the_first_static_path_and_its_files_stay_static(client):
     assert _StaticFiles.all_paths[0] == root and _StaticFiles.all_paths.count(root) == 1
     assert is_static_file(str(service.gallery.image_paths[0]))
     assert not is_static_file(str(root.parent / "user-sge" / "config.json"))
+
+
+def app_script_args(bundle: Path, cache: Path) -> list[str]:
+    return ["--sge", str(bundle / "user-sge"), "--cge", str(bundle / "user-cge"), "--gallery", str(bundle / "gallery"),
+            "--cache-dir", str(cache)]
+
+
+def test_app_script_serves(tiny_bundle, tmp_path):
+    """``python app.py`` itself, the README's command, on the tiny bundle: it serves and answers over REST."""
+    import httpx
+
+    from benchmarks.http import rest_call, running_app
+
+    log = tmp_path / "app.log"
+    with running_app(app_script_args(tiny_bundle, tmp_path / "cache"), log, timeout=240) as (url, _, _):
+        with httpx.Client(timeout=60) as http:
+            gallery, status = rest_call(http, url, "search_text", ["a red circle", "Ensemble", 3])
+    assert len(gallery) == 3 and "results in" in status
+    assert "start-up: imports" in log.read_text()
+
+
+def test_app_script_turns_the_garbage_collector_back_on(tiny_bundle, tmp_path, monkeypatch):
+    """app.py keeps the cyclic GC off during start-up only: afterwards it is on, with start-up's objects frozen."""
+    import gc
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["app.py", *app_script_args(tiny_bundle, tmp_path / "cache")])
+    try:
+        namespace = runpy.run_path(str(Path(__file__).resolve().parents[1] / "app.py"), run_name="app_script")
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        assert len(namespace["service"].search_text("a red circle", "SGE", 2).images) == 2
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -59,9 +59,27 @@ def test_quick_in_process_run(tiny_bundle, tmp_path):
     out = tmp_path / "bench.json"
     results = run.main(["--quick", "--skip-http", "--skip-scaling", "--sge", str(tiny_bundle / "user-sge"),
                         "--cge", str(tiny_bundle / "user-cge"), "--gallery", str(tiny_bundle / "gallery"),
-                        "--json", str(out)])
+                        "--scale-clip", "", "--json", str(out)])
     assert json.loads(out.read_text())["text_to_image"]["ratio"] == results["text_to_image"]["ratio"] > 0
     assert results["cross_attention"]["cross_attention_s"] > 0 and results["gallery_encoding"]["images_per_s"] > 0
     stages = results["gallery_encoding"]["ms_per_image"]
     assert set(stages) == {"decode", "preprocess", "clip", "user_head"} and all(v > 0 for v in stages.values())
     assert "text → image" in run.report(results)
+
+
+def test_gallery_encoding_on_a_full_size_clip(tiny_bundle):
+    """The same USER head on open_clip's ViT-B-32 (random weights): its regions are the 7 x 7 patch tokens,
+    and the gallery path and the bare forward both run on it."""
+    from app.gallery import load_gallery
+    from app.service import load_service
+    from benchmarks import inprocess
+
+    gallery = load_gallery(tiny_bundle / "gallery")
+    service = load_service(str(tiny_bundle / "user-sge"), None, gallery, None, "cpu")
+    scaled = inprocess.model_with_clip(service.indexes["SGE"].model.config, "ViT-B-32")
+    assert (scaled.config.region_dim, scaled.config.num_regions, scaled.config.clip_dim) == (768, 49, 512)
+    out = inprocess.gallery_encoding(service, gallery.image_paths[:2], scaled, repeats=1, stage_repeats=1)
+    assert out["images"] == 2 and out["images_per_s"] > 0 and out["bare_clip_images_per_s"] > 0
+    assert scaled.region_extractor.visual.output_tokens and out["ms_per_image"]["clip"] > out["ms_per_image"]["user_head"]
+    with pytest.raises(ValueError, match="unknown open_clip architecture"):
+        inprocess.model_with_clip(service.indexes["SGE"].model.config, "no-such-clip")
