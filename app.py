@@ -75,5 +75,9 @@ if __name__ == "__main__":
     # Every API call is a new Gradio session holding a copy of the page's component configs (~0.3 MB here):
     # keep the newest 128 rather than Gradio's default 10,000, so memory stays flat under API traffic.
     demo.queue(default_concurrency_limit=4, max_size=64).launch(
-        share=ARGS.share, allowed_paths=allowed, max_file_size="20mb", css=CSS, state_session_capacity=128
+        share=ARGS.share, allowed_paths=allowed, max_file_size="20mb", css=CSS, state_session_capacity=128,
+        prevent_thread_lock=True,
     )
+    # Serving already; the first query's one-off costs (first forwards, loading the CLIP) are paid here, not by a user.
+    print(f"warm-up: {service.warm_up():.1f} s", file=sys.stderr, flush=True)
+    demo.block_thread()

@@ -33,6 +33,8 @@ TEXT_BACKBONE_PREFIX = "txt_enc.bert."
 # A fast tokenizer changes its own truncation settings on every call, so two threads (the demo serves
 # several requests at once) must not call one at the same time; tokenizing a query takes ~0.2 ms.
 TOKENIZER_LOCK = threading.Lock()
+# The tokenizer and the CLIP are loaded on first use; two first requests at once must load them once.
+LAZY_LOAD_LOCK = threading.RLock()
 
 
 class USERModel(
@@ -100,14 +102,18 @@ class USERModel(
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.source_dir, self.config)
+            with LAZY_LOAD_LOCK:
+                if self._tokenizer is None:
+                    self._tokenizer = load_tokenizer(self.source_dir, self.config)
         return self._tokenizer
 
     @property
     def region_extractor(self):
         if self._extractor is None:
-            owner = self._extractor_owner
-            self._extractor = owner.region_extractor if owner else build_extractor(self.config, self.source_dir)
+            with LAZY_LOAD_LOCK:
+                if self._extractor is None:
+                    owner = self._extractor_owner
+                    self._extractor = owner.region_extractor if owner else build_extractor(self.config, self.source_dir)
         return self._extractor.to(self.device)
 
     def region_extractor_key(self) -> tuple:

@@ -202,6 +202,21 @@ def test_cache_is_reused_and_rebuilt_when_corrupt(tiny_bundle, tmp_path, monkeyp
     assert torch.allclose(rebuilt.indexes["SGE"].image_index.vectors, first.indexes["SGE"].image_index.vectors)
 
 
+def test_warm_up_loads_what_a_cached_start_left_for_the_first_query(tiny_bundle, tmp_path):
+    """From the embedding cache, no CLIP is loaded; warm_up loads it (once, shared by both models) and runs a
+    text and an image through every model without recording a query."""
+    gallery = load_gallery(tiny_bundle / "gallery")
+    load_service(str(tiny_bundle / "user-sge"), str(tiny_bundle / "user-cge"), gallery, tmp_path)
+    cached = load_service(str(tiny_bundle / "user-sge"), str(tiny_bundle / "user-cge"), gallery, tmp_path)
+    sge, cge = (cached.indexes[name].model for name in ("SGE", "CGE"))
+    assert sge._extractor is None and cge._extractor is None
+    assert cached.warm_up() > 0
+    assert sge._extractor is not None and cge.region_extractor is sge.region_extractor
+    assert len(cached.latencies) == 0
+    hits = cached.search_image(gallery.image_paths[1], "SGE", 1).images
+    assert hits[0].index == 1
+
+
 def test_a_cache_that_does_not_fit_is_rebuilt(tiny_bundle, tmp_path):
     from safetensors.torch import save_file
 
