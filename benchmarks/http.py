@@ -116,13 +116,32 @@ def timed(calls: list, warmup: int) -> dict:
     return summarise(seconds).as_dict()
 
 
-def start_times(app_args: list[str], cache_dir: Path, log_dir: Path, cold: bool = True) -> dict[str, Optional[float]]:
-    """Seconds from ``python app.py`` to serving, without (cold) and with (warm) the embedding cache."""
+def start_times(app_args: list[str], cache_dir: Path, log_dir: Path, cold: bool = True,
+                first: Optional[tuple[str, Path]] = None) -> dict[str, Optional[float]]:
+    """Seconds from ``python app.py`` to serving, without (cold) and with (warm) the embedding cache; with
+    ``first`` (a text and an image file), the warm app's first queries too (see ``first_queries``)."""
     times: dict[str, Optional[float]] = {"cold_start_s": None}
     args = [*app_args, "--cache-dir", str(cache_dir)]
     if cold:
         with running_app(args, log_dir / "cold.log") as (_, seconds, _):
             times["cold_start_s"] = round(seconds, 1)
-    with running_app(args, log_dir / "warm.log") as (_, seconds, _):
+    with running_app(args, log_dir / "warm.log") as (url, seconds, _):
         times["warm_start_s"] = round(seconds, 1)
+        if first:
+            times.update(first_queries(url, *first))
     return times
+
+
+def first_queries(url: str, text: str, image: Path, settle_s: float = 2.0, model: str = "Ensemble") -> dict[str, float]:
+    """REST round trips (ms) of the first text query and the first image upload + query of a freshly
+    started app, ``settle_s`` after it serves (a person opening the page takes longer than that)."""
+    time.sleep(settle_s)
+    out = {}
+    with httpx.Client(timeout=60) as client:
+        for name, call in (("first_text_query_ms", lambda: rest_call(client, url, "search_text", [text, model, 10])),
+                           ("first_image_query_ms",
+                            lambda: rest_call(client, url, "search_image", [upload(client, url, image), model, 10]))):
+            started = time.perf_counter()
+            call()
+            out[name] = round((time.perf_counter() - started) * 1000, 1)
+    return out

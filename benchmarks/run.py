@@ -95,7 +95,8 @@ def run(args) -> dict:
         print("app start-up and HTTP round trips ...", flush=True)
         app_gallery = small_gallery(gallery, 100, work / "gallery") if quick else Path(args.gallery)
         app_args = ["--sge", args.sge, "--cge", args.cge, "--gallery", str(app_gallery)]
-        results["start"] = http.start_times(app_args, work / "app-cache", work)
+        first = (inprocess.sample_captions(service, 1, seed=2)[0], inprocess.sample_images(service, 1, seed=2)[0])
+        results["start"] = http.start_times(app_args, work / "app-cache", work, first=first)
         results["start"]["gallery_images"] = len(load_gallery(app_gallery))
         with http.running_app([*app_args, "--cache-dir", str(work / "app-cache")], work / "http.log") as (url, _, _):
             queries = inprocess.sample_captions(service, 20 if quick else 100, seed=1)
@@ -157,6 +158,9 @@ def report(results: dict) -> str:
         s = results["start"]
         lines.append(f"python app.py until serving ({s['gallery_images']} gallery images): cold {s['cold_start_s']} s, "
                      f"warm {s['warm_start_s']} s")
+        if "first_text_query_ms" in s:
+            lines.append(f"  its first queries (REST, 2 s after serving): text {s['first_text_query_ms']} ms, "
+                         f"image upload + query {s['first_image_query_ms']} ms")
     if x:
         lines.append(f"all-pairs scoring of {x['images']} images x {x['captions']} captions: USER {x['user_s']} s, "
                      f"SCAN-style cross-attention {x['cross_attention_s']} s ({x['ratio']}x)")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import cross_attention, search_scaling
-from benchmarks.http import rest_call, upload
+from benchmarks.http import first_queries, rest_call, upload
 
 
 def test_batched_scan_matches_the_per_pair_formula():
@@ -83,3 +83,9 @@ def test_gallery_encoding_on_a_full_size_clip(tiny_bundle):
     assert scaled.region_extractor.visual.output_tokens and out["ms_per_image"]["clip"] > out["ms_per_image"]["user_head"]
     with pytest.raises(ValueError, match="unknown open_clip architecture"):
         inprocess.model_with_clip(service.indexes["SGE"].model.config, "no-such-clip")
+
+
+def test_first_queries_of_a_running_app(demo_url):
+    url, service = demo_url
+    out = first_queries(url.rstrip("/"), service.gallery.captions[0], service.gallery.image_paths[0], settle_s=0)
+    assert set(out) == {"first_text_query_ms", "first_image_query_ms"} and all(v > 0 for v in out.values())
