@@ -311,12 +311,16 @@ class RetrievalService:
     def warm_up(self) -> float:
         """Pay now what the first query of each kind would pay once: the first forward passes, and loading
         the CLIP when the gallery's embeddings came from the cache (≈ 0.1 s for a text query, 0.5 s for an
-        image here). Nothing is recorded as a query. -> seconds taken."""
+        image here). Nothing is recorded as a query, and a failure (an unreadable first gallery image) is
+        logged, never raised: the app is serving already. -> seconds taken."""
         started = time.perf_counter()
-        for entry in self.indexes.values():
-            entry.image_index.search(self._encode_texts(entry.model, ["a photo"]), 1)
-            if self.gallery.has_images and self.can_encode_images(entry.name):
-                entry.image_index.search(self._encode_query_image([entry], self.gallery.image_paths[0])[0], 1)
+        try:
+            for entry in self.indexes.values():
+                entry.image_index.search(self._encode_texts(entry.model, ["a photo"]), 1)
+                if self.gallery.has_images and self.can_encode_images(entry.name):
+                    entry.image_index.search(self._encode_query_image([entry], self.gallery.image_paths[0])[0], 1)
+        except Exception as err:  # noqa: BLE001 -- the first real query will pay what was not warmed up
+            log.warning("warm-up stopped early: %s", err)
         return time.perf_counter() - started
 
     # -------------------------------------------------------------------------------- queries

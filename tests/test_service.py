@@ -217,6 +217,15 @@ def test_warm_up_loads_what_a_cached_start_left_for_the_first_query(tiny_bundle,
     assert hits[0].index == 1
 
 
+def test_a_failing_warm_up_is_logged_not_raised(service, monkeypatch, caplog):
+    def unreadable(entries, image):
+        raise QueryError("this file could not be read as an image")
+
+    monkeypatch.setattr(service, "_encode_query_image", unreadable)
+    assert service.warm_up() >= 0
+    assert "warm-up stopped early: this file could not be read" in caplog.text
+
+
 def test_a_cache_that_does_not_fit_is_rebuilt(tiny_bundle, tmp_path):
     from safetensors.torch import save_file
 
