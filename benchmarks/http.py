@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 import httpx
 
-from .timing import summarise
+from .timing import time_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,14 +106,8 @@ def round_trips(url: str, queries: list[str], images: list[Path], model: str = "
 
 
 def timed(calls: list, warmup: int) -> dict:
-    for call in calls[:warmup]:
-        call()
-    seconds = []
-    for call in calls:
-        started = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - started)
-    return summarise(seconds).as_dict()
+    """Per-call latency of argument-free ``calls`` (``timing.time_calls``), as a dict."""
+    return time_calls(lambda call: call(), calls, warmup).as_dict()
 
 
 def start_times(app_args: list[str], cache_dir: Path, log_dir: Path, cold: bool = True,
@@ -136,12 +130,8 @@ def first_queries(url: str, text: str, image: Path, settle_s: float = 2.0, model
     """REST round trips (ms) of the first text query and the first image upload + query of a freshly
     started app, ``settle_s`` after it serves (a person opening the page takes longer than that)."""
     time.sleep(settle_s)
-    out = {}
     with httpx.Client(timeout=60) as client:
-        for name, call in (("first_text_query_ms", lambda: rest_call(client, url, "search_text", [text, model, 10])),
-                           ("first_image_query_ms",
-                            lambda: rest_call(client, url, "search_image", [upload(client, url, image), model, 10]))):
-            started = time.perf_counter()
-            call()
-            out[name] = round((time.perf_counter() - started) * 1000, 1)
-    return out
+        text_ms = timed([lambda: rest_call(client, url, "search_text", [text, model, 10])], warmup=0)["p50_ms"]
+        image_ms = timed([lambda: rest_call(client, url, "search_image", [upload(client, url, image), model, 10])],
+                         warmup=0)["p50_ms"]
+    return {"first_text_query_ms": round(text_ms, 1), "first_image_query_ms": round(image_ms, 1)}
